@@ -18,9 +18,11 @@ from typing import Sequence
 
 import torch
 
-# Below these, the angle is numerically meaningless: use LERP instead of dividing by ~0.
+# Below NORM_EPS a task vector has no direction. Above COS_MAX (|cos Ω|, i.e. sinΩ < 0.032) the
+# angle is too close to 0 or π: near 0 SLERP equals LERP to within 1e-4 anyway, and near π the
+# coefficients 1/(2cos(Ω/2)) explode and amplify rounding, so fall back to LERP (as mergekit does).
 NORM_EPS = 1e-12
-SIN_EPS = 1e-6
+COS_MAX = 0.9995
 # Elements per chunk (4 MB of float32 per row): small enough to stay in cache, big enough for BLAS.
 CHUNK = 1 << 20
 
@@ -30,8 +32,11 @@ def _wide(dtype: torch.dtype) -> torch.dtype:
 
 
 def task_vector_gram(init: torch.Tensor, models: Sequence[torch.Tensor], chunk: int = CHUNK) -> torch.Tensor:
-    """G[i, j] = <θ_i − θ_init, θ_j − θ_init> over all elements of one tensor; float64 [M, M]."""
-    wide = _wide(init.dtype)
+    """G[i, j] = <θ_i − θ_init, θ_j − θ_init> over all elements of one tensor; float64 [M, M].
+
+    Accumulated in float64 so that cos Ω near ±1 is accurate enough to decide the LERP fallback.
+    """
+    wide = torch.float64
     base = init.reshape(-1)
     flats = [m.reshape(-1) for m in models]
     n, M = base.numel(), len(models)
@@ -43,7 +48,7 @@ def task_vector_gram(init: torch.Tensor, models: Sequence[torch.Tensor], chunk: 
         b = base[s:e].to(wide)
         for i, f in enumerate(flats):
             torch.sub(f[s:e], b, out=d[i])
-        gram += (d @ d.T).double()
+        gram += d @ d.T
     return gram
 
 
@@ -51,16 +56,16 @@ def slerp_pair(n1sq: float, n2sq: float, dot: float, lam: float) -> tuple[float,
     """(c1, c2, degenerate) with slerp(δ1, δ2, λ) = c1·δ1 + c2·δ2, from ‖δ1‖², ‖δ2‖², <δ1, δ2>.
 
     `degenerate` is True when the LERP fallback was used (c1 = 1−λ, c2 = λ): a zero task vector,
-    or sinΩ below SIN_EPS (parallel or anti-parallel task vectors).
+    or |cos Ω| > COS_MAX (parallel or anti-parallel task vectors).
     """
     n1, n2 = math.sqrt(max(n1sq, 0.0)), math.sqrt(max(n2sq, 0.0))
     if n1 < NORM_EPS or n2 < NORM_EPS:
         return 1.0 - lam, lam, True
     cos = max(-1.0, min(1.0, dot / (n1 * n2)))
+    if abs(cos) > COS_MAX:
+        return 1.0 - lam, lam, True
     omega = math.acos(cos)
     sin_omega = math.sin(omega)
-    if sin_omega < SIN_EPS:
-        return 1.0 - lam, lam, True
     return math.sin((1.0 - lam) * omega) / sin_omega, math.sin(lam * omega) / sin_omega, False
 
 
