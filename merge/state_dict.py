@@ -131,8 +131,8 @@ def average(models: Sequence[StateDict], weights: Sequence[float] | None = None)
 
 
 def _float_tensors(obj: Union[StateDict, nn.Module], name: str) -> dict[str, torch.Tensor]:
-    if isinstance(obj, nn.Module):
-        items = list(obj.named_parameters()) + list(obj.named_buffers())
+    if isinstance(obj, nn.Module):   # what a checkpoint holds: parameters and persistent buffers, aliases included
+        items = list(obj.state_dict(keep_vars=True).items())
     elif isinstance(obj, Mapping):
         items = list(obj.items())
     else:
@@ -144,13 +144,17 @@ def ema_update(ema: Union[StateDict, nn.Module], model: Union[StateDict, nn.Modu
     """In place: θ_ema ← (1−μ)·θ_ema + μ·θ_model (paper Eq. 2, the EMA anchor), fused over tensors.
 
     Runs every RL step, so it is one `torch._foreach_lerp_` per dtype group (no tensor allocation:
-    only Python lists). Tensors of another dtype in `model` are cast (that allocates; avoid it).
+    only Python lists). A module contributes its state_dict entries (parameters and persistent
+    buffers) that are floating point; tensors sharing storage (tied weights) are updated once. Tensors of another dtype in `model` are cast (that allocates; avoid it).
     """
     mu = check_unit_interval("mu", mu)
     e, m = _float_tensors(ema, "ema"), _float_tensors(model, "model")
     check_compatible(e, [m], "ema", ["model"])
-    same, cast = ([], []), []
+    same, cast, seen = ([], []), [], set()
     for k, t in e.items():
+        if t.data_ptr() in seen:   # a tied weight (e.g. lm_head = embed_tokens) is updated once
+            continue
+        seen.add(t.data_ptr())
         if m[k].dtype == t.dtype:
             same[0].append(t)
             same[1].append(m[k])

@@ -305,6 +305,23 @@ def test_ema_update_modules_endpoints():
     assert all(not p.requires_grad or p.grad is None for p in ema.parameters())
 
 
+def test_ema_update_tied_weights_once_and_dict_vs_module():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=2, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    ema, model = LlamaForCausalLM(cfg), LlamaForCausalLM(cfg)
+    assert ema.lm_head.weight.data_ptr() == ema.model.embed_tokens.weight.data_ptr()
+    e0 = ema.model.embed_tokens.weight.detach().clone()
+    merge.ema_update(ema, model, 0.5)
+    torch.testing.assert_close(ema.model.embed_tokens.weight.detach(), 0.5 * e0 + 0.5 * model.model.embed_tokens.weight.detach())
+    # an EMA kept as a cloned state dict of the module works against the module itself
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    merge.ema_update(sd, ema, 1.0)
+    assert all(torch.equal(sd[k], v) for k, v in ema.state_dict().items())
+
+
 # ---- properties (hypothesis) ----------------------------------------------------------------------
 vec = st.integers(min_value=2, max_value=40)
 
