@@ -3,13 +3,14 @@
 Builds an init and two fine-tuned-like checkpoints (init + small noise) with Llama tensor names and
 shapes, sharded like real checkpoints, then runs each phase in its own process (so peak RSS is
 per phase):
-  (a) floor: read every input tensor (init and both models) and write the output shards, no
-      arithmetic (the same reader/writer pipeline with an identity merge);
+  (a) floor: read every input tensor (init and both models; each copied into process memory) and
+      write the output shards, no arithmetic (the same reader/writer pipeline, identity merge);
   (b) ours:  `warp merge slerp --init --models m1 m2 --out` (harness.cli.main);
   (c) mergekit `nuslerp` with base_model, when mergekit is importable by --mergekit-python.
 Prints each wall time and peak RSS; the last line is
   ratio_vs_copy=X peak_rss_mb=Y ratio_vs_mergekit=Z
-X = ours / floor (in-process wall time, interpreter start-up excluded), Y = our peak RSS,
+X = ours / floor (in-process wall time, interpreter start-up excluded; ours reads the inputs
+through the file mapping inside its arithmetic instead of copying them first), Y = our peak RSS,
 Z = mergekit / ours (whole-command wall time, start-up included for both), or n/a.
 
     python bench/merge_bench.py                     # ≈0.9 GB per checkpoint in bf16
@@ -111,7 +112,7 @@ def phase(name: str, work: Path) -> None:
         from merge.methods.linear import LitiParams
 
         REGISTRY["io_floor"] = Method("io_floor", LitiParams, uses_init=True, min_models=1, max_models=None,
-                                      apply=lambda key, init, models, p: (init, False), summary="copy init (I/O floor)")
+                                      apply=_floor_apply, summary="read inputs, write init (I/O floor)")
         t0 = time.perf_counter()
         merge_checkpoints("io_floor", [work / "m1", work / "m2"], work / "out_floor", init=work / "init", progress=False)
     elif name == "ours":
@@ -123,6 +124,13 @@ def phase(name: str, work: Path) -> None:
         assert rc == 0
     wall = time.perf_counter() - t0
     print(json.dumps({"wall_s": wall, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def _floor_apply(key, init, models, params):
+    """The I/O floor's 'merge': read (copy into memory) every input tensor, output init; no arithmetic."""
+    for m in models:
+        m.clone()
+    return init.clone(), False
 
 
 def run_measured(cmd: list[str], env: dict, log: Path) -> tuple[float, float, int, str]:

@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import json
-import warnings
 
 import pytest
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import merge
