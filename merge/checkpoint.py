@@ -4,9 +4,10 @@ Inputs are read one tensor at a time (`safetensors.safe_open`); every registered
 (`merge.registry`) is applied to that tensor by the same function the in-memory merge uses, so the
 results are identical; the output shards are planned from the input headers up front (the output
 has init's dtypes and shapes), so each shard's safetensors header is written first and tensors are
-appended as they are computed: peak memory is a few tensors, not a model or a shard. A reader
-thread prefetches the next tensor and a writer thread writes the previous one while the main
-thread computes, single-threaded (both cores busy, no OpenMP barriers). The output directory appears atomically (`merge.io`).
+appended as they are computed: peak memory is a few tensors, not a model or a shard. Two worker
+threads read (through the file mapping) and merge the next tensors while a writer thread writes
+the previous ones in order; the chunked arithmetic runs with one intra-op thread (no OpenMP
+barriers), so both cores do useful work. The output directory appears atomically (`merge.io`).
 """
 from __future__ import annotations
 
@@ -289,8 +290,9 @@ def merge_checkpoints(method: str, models: Sequence[str | os.PathLike], out: str
 
 
 def _stream(m, p, ref: Checkpoint, ck_init: Optional[Checkpoint], ck_models: list[Checkpoint],
-            shards: list[Shard], tmp: Path, progress: bool) -> list[str]:
-    """Read → apply → write, pipelined: prefetch of key i+1 and write of key i−1 overlap compute of key i."""
+            shards: list[Shard], tmp: Path, progress: bool, workers: int = 2) -> list[str]:
+    """Read → apply → write, pipelined: `workers` threads read and merge the next tensors while the
+    writer thread writes the previous ones, in order."""
     from tqdm.auto import tqdm
 
     order = [(s, k) for s in shards for k in s.keys]
@@ -304,10 +306,19 @@ def _stream(m, p, ref: Checkpoint, ck_init: Optional[Checkpoint], ck_models: lis
                 x.reshape(-1).view(torch.uint8)[::4096].sum()
         return xs[0], xs[1:]
 
+    def work(key: str):
+        """Read and merge one tensor (on a worker thread; torch releases the GIL in the arithmetic)."""
+        x_init, xs = read(key)
+        x_ref = x_init if x_init is not None else xs[0]
+        if not x_ref.is_floating_point():
+            return x_ref, False
+        y, deg = m.apply(key, x_init, xs, p)
+        return y.to(x_ref.dtype), deg
+
     degenerate: list[str] = []
     threads = torch.get_num_threads()
     # The chunked arithmetic is cache-sized: intra-op threads only add barrier spinning (10× slower
-    # on a busy machine, measured). The second core goes to the reader and writer threads instead.
+    # on a busy machine, measured). Both cores go to tensor-level workers and the writer instead.
     torch.set_num_threads(1)
     bar = tqdm(total=len(order), unit="tensor", desc=f"merge {m.name}", disable=not progress)
     writes: queue.Queue = queue.Queue(maxsize=2)
@@ -337,32 +348,29 @@ def _stream(m, p, ref: Checkpoint, ck_init: Optional[Checkpoint], ck_models: lis
     wt = threading.Thread(target=writer, daemon=True)
     wt.start()
     try:
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = deque([pool.submit(read, k) for _, k in order[:2]])
-            nxt = 2
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            inflight = workers + 1   # bounded: peak memory stays a few tensors
+            pending = deque(pool.submit(work, k) for _, k in order[:inflight])
+            nxt = len(pending)
             current = None
             for shard, key in order:
                 if shard is not current:
                     writes.put(("open", (shard.name, safetensors_header(shard, ref.shapes, ref.dtypes))))
                     current = shard
-                x_init, xs = pending.popleft().result()
+                y, deg = pending.popleft().result()
                 if nxt < len(order):
-                    pending.append(pool.submit(read, order[nxt][1]))
+                    pending.append(pool.submit(work, order[nxt][1]))
                     nxt += 1
-                x_ref = x_init if x_init is not None else xs[0]
-                if x_ref.is_floating_point():
-                    y, deg = m.apply(key, x_init, xs, p)
-                    y = y.to(x_ref.dtype)
-                    if deg:
-                        degenerate.append(key)
-                else:
-                    y = x_ref
+                if deg:
+                    degenerate.append(key)
                 if tuple(y.shape) != ref.shapes[key]:
                     raise MergeError(f"key {key!r}: merged shape {tuple(y.shape)} != {ref.shapes[key]}")
                 if errors:
                     break
                 writes.put(("tensor", y))
                 bar.update(1)
+            for f in pending:
+                f.cancel()
     finally:
         writes.put(None)
         wt.join()

@@ -183,7 +183,7 @@ def test_failure_mid_merge_leaves_nothing(ckpts, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="killed"):
         merge_checkpoints("slerp", ckpts.models[:2], tmp_path / "out", init=ckpts.init, max_shard_bytes=20_000,
                           progress=False)
-    assert calls["n"] == 5
+    assert 5 <= calls["n"] < len(ckpts.init_sd)   # stopped early (a few tensors may be in flight)
     assert _no_output(tmp_path)
 
 
