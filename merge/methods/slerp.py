@@ -23,8 +23,8 @@ import torch
 # coefficients 1/(2cos(Ω/2)) explode and amplify rounding, so fall back to LERP (as mergekit does).
 NORM_EPS = 1e-12
 COS_MAX = 0.9995
-# Elements per chunk (256 KB of float32 per buffer): the few buffers stay in L2 cache.
-CHUNK = 1 << 16
+# Elements per chunk (1 MB of float32 per buffer): fastest of 2^14..2^20 measured; stays in cache.
+CHUNK = 1 << 18
 
 
 def _wide(dtype: torch.dtype) -> torch.dtype:
