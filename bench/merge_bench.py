@@ -24,6 +24,7 @@ import math
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -155,6 +156,7 @@ def main() -> None:
     ap.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
     ap.add_argument("--shard-mb", type=int, default=300, help="input shard size (default 300 MB)")
     ap.add_argument("--threads", type=int, default=2, help="torch/OMP threads in every phase (default 2)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of floor and ours, alternating (default 3; medians)")
     ap.add_argument("--workdir", default=None, help="where to build the checkpoints (default: a temp dir)")
     ap.add_argument("--mergekit-python", default=sys.executable,
                     help="python that can import mergekit (default: this one)")
@@ -175,15 +177,24 @@ def main() -> None:
                             "--_work", str(work)], env=env, cwd=ROOT)
         if r.returncode != 0:
             raise SystemExit("building the checkpoints failed")
-        res = {}
-        for name in ("floor", "ours"):
-            cmd = [sys.executable, __file__, "--_phase", name, "--_work", str(work), "--threads", str(args.threads)]
-            wall, rss, rc, out = run_measured(cmd, env, work / f"{name}.log")
-            if rc != 0:
-                raise SystemExit(f"{name} failed:\n{out}")
-            inner = json.loads(out.strip().splitlines()[-1])
-            res[name] = {"wall_s": wall, "inner_s": inner["wall_s"], "peak_rss_mb": rss}
-            print(f"{name:8s} wall {wall:7.2f} s (in-process {inner['wall_s']:6.2f} s)  peak RSS {rss:7.0f} MB", flush=True)
+        res = {"floor": [], "ours": []}
+        for rep in range(args.repeats):   # alternating, so load from other processes hits both alike
+            for name in ("floor", "ours"):
+                shutil.rmtree(work / f"out_{name}", ignore_errors=True)
+                cmd = [sys.executable, __file__, "--_phase", name, "--_work", str(work), "--threads", str(args.threads)]
+                wall, rss, rc, out = run_measured(cmd, env, work / f"{name}.log")
+                if rc != 0:
+                    raise SystemExit(f"{name} failed:\n{out}")
+                inner = json.loads(out.strip().splitlines()[-1])
+                res[name].append({"wall_s": wall, "inner_s": inner["wall_s"], "peak_rss_mb": rss})
+                print(f"{name:8s} wall {wall:7.2f} s (in-process {inner['wall_s']:6.2f} s)  peak RSS {rss:7.0f} MB",
+                      flush=True)
+        for name in ("floor", "ours"):   # median time, largest peak over the repeats
+            runs = res[name]
+            res[name] = {k: statistics.median(r[k] for r in runs) for k in ("wall_s", "inner_s")}
+            res[name]["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+            print(f"{name:8s} median wall {res[name]['wall_s']:.2f} s, in-process {res[name]['inner_s']:.2f} s, "
+                  f"peak RSS {res[name]['peak_rss_mb']:.0f} MB over {len(runs)} run(s)")
         z = "n/a"
         if mergekit_available(args.mergekit_python):
             cfg = work / "mergekit.yml"
