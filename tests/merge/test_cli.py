@@ -123,3 +123,10 @@ def test_cli_subprocess(ckpts, tmp_path):
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip() == "warp merge: error: eta must be in [0, 1], got 3.0"
     assert not (tmp_path / "bad").exists()
+
+
+def test_cli_lerp_two_models(ckpts, tmp_path):
+    assert main(["merge", "lerp", "--models", *map(str, ckpts.models[:2]), "--t", "0.25", "--out", str(tmp_path / "o"),
+                 "--no-progress"]) == 0
+    same(tmp_path / "o", merge.lerp(ckpts.model_sds[0], ckpts.model_sds[1], 0.25))
+    assert main(["merge", "lerp", "--models", *map(str, ckpts.models), "--out", str(tmp_path / "o2")]) == 2

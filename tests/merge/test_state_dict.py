@@ -362,3 +362,12 @@ def test_property_slerp_coefficients_dominate_lerp(n1sq, n2sq, cos, lam):
     c1, c2, deg = slerp_pair(n1sq, n2sq, cos * math.sqrt(n1sq * n2sq), lam)
     assert not deg
     assert c1 >= (1 - lam) - 1e-12 and c2 >= lam - 1e-12
+
+
+def test_public_contract_names():
+    for name in ("task_vector", "lerp", "slerp", "liti", "ema_update", "MergeError", "task_arithmetic", "ties", "dare",
+                 "average", "slerp_lora", "liti_lora", "lora_deltas", "lora_to_dense", "merge_checkpoints"):
+        assert hasattr(merge, name), name
+    assert issubclass(merge.MergeError, merge.WarpError) and issubclass(merge.MergeError, ValueError)
+    with pytest.raises(MergeError, match="ema must be a state dict or an nn.Module"):
+        merge.ema_update([1, 2], rand_sd(0), 0.1)
