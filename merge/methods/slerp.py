@@ -8,8 +8,8 @@ A zero task vector or a near-zero sinΩ (parallel / anti-parallel) falls back to
 Every step of the recursion is a linear combination of the δ_m, so the whole merge is
 θ_init + Σ_m c_m·δ_m with coefficients c that depend only on the Gram matrix G_ij = <δ_i, δ_j>.
 We compute G in one chunked pass over the inputs, the coefficients in float64 scalars, and the
-output in a second chunked pass ((1 − Σc)·θ_init + Σ c_m·θ_m per chunk): two reads of each input, no full-size
-float32 temporaries, which is what keeps the streamed merge near the I/O floor.
+output in a second chunked pass ((1 − Σc)·θ_init + Σ c_m·θ_m per chunk): two reads of each
+input, no full-size float32 temporaries, which keeps the streamed merge near the I/O floor.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import torch
 
 # Below NORM_EPS a task vector has no direction. Above COS_MAX (|cos Ω|, i.e. sinΩ < 0.032) the
 # angle is too close to 0 or π: near 0 SLERP equals LERP to within 1e-4 anyway, and near π the
-# coefficients 1/(2cos(Ω/2)) explode and amplify rounding, so fall back to LERP (as mergekit does).
+# coefficients 1/(2cos(Ω/2)) explode and amplify rounding, so fall back to LERP (mergekit's slerp uses the same 0.9995).
 NORM_EPS = 1e-12
 COS_MAX = 0.9995
 # Elements per chunk (1 MB of float32 per buffer): fastest of 2^14..2^20 measured; stays in cache.
