@@ -1,0 +1,57 @@
+"""Argument checks shared by the in-memory, streamed and CLI forms of every merge (one place, one wording)."""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+from .errors import MergeError
+
+
+def check_unit_interval(name: str, value: float) -> float:
+    """Raise MergeError unless 0 ≤ value ≤ 1 (λ, η, μ, t are all weights of a convex combination)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise MergeError(f"{name} must be a number in [0, 1], got {value!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise MergeError(f"{name} must be in [0, 1], got {value!r}")
+    return v
+
+
+def check_density(value: float) -> float:
+    """Raise MergeError unless 0 < density ≤ 1 (fraction of task-vector entries kept)."""
+    v = check_unit_interval("density", value)
+    if v == 0.0:
+        raise MergeError("density must be in (0, 1], got 0")
+    return v
+
+
+def check_weights(weights: Sequence[float] | None, n_models: int, allow_negative: bool = False) -> list[float]:
+    """Per-model weights: default all 1.0; one per model; non-negative with a positive sum unless allowed."""
+    if weights is None:
+        return [1.0] * n_models
+    w = [float(x) for x in weights]
+    if len(w) != n_models:
+        raise MergeError(f"weights has {len(w)} entries but there are {n_models} models")
+    if not allow_negative and (any(x < 0 for x in w) or sum(w) <= 0):
+        raise MergeError(f"weights must be non-negative with a positive sum, got {w}")
+    return w
+
+
+def check_shapes(reference: Mapping[str, tuple], others: Sequence[Mapping[str, tuple]], ref_name: str,
+                 other_names: Sequence[str]) -> None:
+    """Raise MergeError naming the first key that is missing, extra, or of another shape.
+
+    Takes key → shape mappings, so state dicts and checkpoint headers share the same check.
+    """
+    ref_keys = set(reference)
+    for other, name in zip(others, other_names):
+        keys = set(other)
+        if keys != ref_keys:
+            missing = sorted(ref_keys - keys)
+            if missing:
+                raise MergeError(f"key {missing[0]!r} is in {ref_name} but missing from {name}")
+            extra = sorted(keys - ref_keys)
+            raise MergeError(f"key {extra[0]!r} is in {name} but not in {ref_name}")
+        for k, shape in reference.items():
+            if tuple(other[k]) != tuple(shape):
+                raise MergeError(f"key {k!r}: shape {tuple(shape)} in {ref_name} vs {tuple(other[k])} in {name}")
