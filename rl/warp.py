@@ -1,0 +1,42 @@
+"""WARP, Algorithm 1 of the paper (DESIGN.md): I iterations × M RL runs, SLERP, LITI.
+
+    θ_init ← θ_sft
+    for i in 1..I:
+        θ_m ← RL(θ_init, seed m) for m in 1..M        (EMA anchor from θ_init; rl/run.py)
+        θ_slerp ← SLERP(θ_init, {θ_m}, λ)             (merge.slerp, one angle per tensor)
+        θ_init ← LITI(θ_init, θ_slerp, η)             (merge.liti; next iteration starts here)
+
+Every step is skipped when its output already exists, so re-running the same command resumes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import merge
+
+from .config import RLConfig
+from .rundir import RunDir, load_weights, save_weights_like
+from .run import train_run
+
+
+def warp(cfg: RLConfig, out: str | Path, progress: bool = True, **run_kwargs) -> Path:
+    rd = RunDir.open(out, cfg)                         # refuses a run dir of another config
+    rd.prepare(progress=progress)                      # sft checkpoint, prompt files, reward model
+    init = "sft"                                       # θ_init ← θ_sft
+    for i in range(1, cfg.warp.iterations + 1):
+        runs = rd.train_runs(i, init, train_run, progress=progress, **run_kwargs)   # θ_1..θ_M
+        if not cfg.warp.merge:                         # plain REINFORCE baseline: no merging
+            break
+        slerp, liti = f"iter{i}/slerp", f"iter{i}/liti"
+        if not rd.exists(liti):
+            theta_init = load_weights(rd.path / init)
+            if not rd.exists(slerp):
+                thetas = [load_weights(rd.path / r) for r in runs]
+                save_weights_like(rd.path / init, merge.slerp(theta_init, thetas, lam=cfg.warp.lam), rd.path / slerp)
+            theta_slerp = load_weights(rd.path / slerp)
+            save_weights_like(rd.path / init, merge.liti(theta_init, theta_slerp, cfg.warp.eta), rd.path / liti)
+        rd.add_checkpoint(slerp, i, "slerp")
+        rd.add_checkpoint(liti, i, "liti")
+        init = liti                                    # θ_init ← (1−η)·θ_init + η·θ_slerp
+    rd.finish()
+    return rd.path
