@@ -129,6 +129,18 @@ def _quiet() -> None:
     hf_logging.disable_progress_bar()   # our own bars report progress; one per weight load is noise
 
 
+def check_model(spec: str, trust_remote_code: bool = False) -> str:
+    """Resolve `spec` and read its config (fast): ModelError now rather than after work has begun."""
+    from transformers import AutoConfig
+
+    where = resolve_model(spec)
+    try:
+        AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise _unknown(spec, e) from None
+    return where
+
+
 def load_tokenizer(spec: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 

@@ -17,7 +17,7 @@ from merge.io import atomic_write_json, atomic_write_text
 
 from .config import RLConfig
 from .data import load_splits, prompts as make_prompts
-from .models import load_causal_lm, save_checkpoint
+from .models import check_model, load_causal_lm, save_checkpoint
 from .rm import resolve_reward_spec
 
 FORMAT = 1
@@ -84,15 +84,25 @@ class RunDir:
             return cls(path, cfg, manifest)
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise RunDirError(f"{path} exists and is not a warp run directory (no manifest.json); use another --out")
+        # Check every input before the directory exists, so bad input leaves nothing behind.
+        check_model(cfg.policy)
+        splits = load_splits(cfg.data)
+        task = {
+            "prompts": {"validation": "prompts/validation.jsonl", "test": "prompts/test.jsonl"},
+            "reward_model": resolve_reward_spec(cfg.reward_model),
+            "reward_with_prompt": cfg.reward_with_prompt,
+            "control_reward": cfg.control_reward,
+            "generation": _plain(to_mapping(cfg.generation)),
+        }
         path.mkdir(parents=True, exist_ok=True)
-        manifest = {"format": FORMAT, "config": config, "task": None, "checkpoints": []}
-        rd = cls(path, cfg, manifest)
+        rd = cls(path, cfg, {"format": FORMAT, "config": config, "task": task, "checkpoints": []})
+        rd._splits = splits
         rd._write_manifest()
         return rd
 
     # -- preparing ----------------------------------------------------------------------------
     def prepare(self, progress: bool = True) -> None:
-        """sft checkpoint, prompt files, reward model (trained once and cached for `rm:` specs)."""
+        """sft checkpoint and prompt files (each skipped when already there)."""
         cfg = self.cfg
         if not self.exists("sft"):
             model, tok = load_causal_lm(cfg.policy)
@@ -100,19 +110,11 @@ class RunDir:
             del model
         pdir = self.path / "prompts"
         if not (pdir / "train.jsonl").exists():
-            splits = load_splits(cfg.data)
+            splits = getattr(self, "_splits", None) or load_splits(cfg.data)
             for name in ("validation", "test"):
                 _write_jsonl(pdir / f"{name}.jsonl", make_prompts(splits[name], cfg.data, cfg.eval_prompts))
             _write_jsonl(pdir / "train.jsonl", make_prompts(splits["train"], cfg.data))
         self.train_prompts = [r["prompt"] for r in _read_jsonl(pdir / "train.jsonl")]
-        if self.manifest.get("task") is None:
-            self.manifest["task"] = {
-                "prompts": {"validation": "prompts/validation.jsonl", "test": "prompts/test.jsonl"},
-                "reward_model": resolve_reward_spec(cfg.reward_model, progress=progress),
-                "reward_with_prompt": cfg.reward_with_prompt,
-                "control_reward": cfg.control_reward,
-                "generation": _plain(to_mapping(cfg.generation)),
-            }
         self.reward_spec = self.manifest["task"]["reward_model"]
         self.add_checkpoint("sft", 0, "sft", step=0)
 

@@ -20,8 +20,8 @@ from .run import train_run
 
 
 def warp(cfg: RLConfig, out: str | Path, progress: bool = True, **run_kwargs) -> Path:
-    rd = RunDir.open(out, cfg)                         # refuses a run dir of another config
-    rd.prepare(progress=progress)                      # sft checkpoint, prompt files, reward model
+    rd = RunDir.open(out, cfg)   # checks inputs; refuses another config's run dir; manifest + reward model
+    rd.prepare(progress=progress)                      # sft checkpoint, prompt files
     init = "sft"                                       # θ_init ← θ_sft
     for i in range(1, cfg.warp.iterations + 1):
         runs = rd.train_runs(i, init, train_run, progress=progress, **run_kwargs)   # θ_1..θ_M
