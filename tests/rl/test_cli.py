@@ -68,3 +68,15 @@ def test_cli_train_rm_and_warm(tiny_rm_dir, tiny_csv, tmp_path, capsys):
     assert (tmp_path / "warm" / "members" / "seed1" / "model.safetensors").exists()
     code, err = run_cli(["train-rm", cfg, "--seed", "3", "--out", str(tmp_path / "rm"), "--no-progress"], capsys)
     assert code == 2 and "already exists" in err
+
+
+@pytest.mark.parametrize("name", ["quick", "reinforce", "paper"])
+def test_shipped_configs_validate(name):
+    from merge.config import load_config
+    from rl.config import RLConfig
+
+    cfg = load_config(RLConfig, f"configs/{name}.yaml")
+    assert cfg.reinforce.beta == 0.1
+    if name == "paper":
+        assert (cfg.reinforce.lr, cfg.reinforce.warmup_steps, cfg.reinforce.batch_prompts, cfg.warp.steps) == (1e-6, 100, 128, 9000)
+        assert (cfg.reinforce.mu, cfg.warp.lam, cfg.warp.eta, cfg.warp.runs) == (0.01, 0.5, 0.3, 2)
