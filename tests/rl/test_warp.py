@@ -122,3 +122,23 @@ def test_non_run_directory_is_refused(tiny_rl_config, tmp_path):
     with pytest.raises(RunDirError, match="not a warp run directory"):
         warp(config(tiny_rl_config()), tmp_path / "busy", progress=False)
     assert [p.name for p in (tmp_path / "busy").iterdir()] == ["notes.txt"]
+
+
+def test_lora_runs_merge_dense_task_vectors(tiny_rl_config, tmp_path):
+    cfg = config(tiny_rl_config(reinforce={"lora": {"r": 2, "target_modules": ["q_proj", "v_proj"]}, "lr": 1e-2},
+                                warp={"iterations": 1, "save_every": 0}))
+    out = warp(cfg, tmp_path / "run", progress=False)
+    sft, final = load_weights(out / "sft"), load_weights(out / "iter1/run1/final")
+    assert set(final) == set(sft)                                   # dense checkpoints, no LoRA factors
+    changed = {k for k in sft if not torch.equal(sft[k], final[k])}
+    assert changed and all("q_proj" in k or "v_proj" in k for k in changed)
+    load_causal_lm(str(out / "iter1/liti"))
+
+
+def test_runs_in_processes_equal_sequential(tiny_rl_config, tmp_path):
+    seq = warp(config(tiny_rl_config(warp={"iterations": 1, "steps": 2, "save_every": 0})), tmp_path / "seq", progress=False)
+    par = warp(config(tiny_rl_config(warp={"iterations": 1, "steps": 2, "save_every": 0, "parallel": "processes"})),
+               tmp_path / "par", progress=False)
+    for rel in ("iter1/run1/final", "iter1/run2/final", "iter1/liti"):
+        a, b = weights(seq / rel), weights(par / rel)
+        assert all(torch.equal(a[k], b[k]) for k in a), rel
