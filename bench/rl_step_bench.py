@@ -13,9 +13,13 @@ import argparse
 import copy
 import resource
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from a checkout: python bench/...
 
 from merge.config import load_config
 from rl.config import RLConfig
