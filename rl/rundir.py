@@ -6,6 +6,7 @@ written. Every file goes through merge.io's atomic writers.
 """
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 
@@ -143,12 +144,26 @@ class RunDir:
             for m in range(1, M + 1):
                 results.append(train_run(cfg, self.path, iteration, m, init, self.train_prompts, self.reward_spec,
                                          progress=progress, **kwargs))
+                gc.collect()   # free run m's policy, anchor and optimizer before run m+1 loads its own
                 self._collect_metrics()
         for entries in results:
             for e in entries:
                 self.add_checkpoint(e["path"], e["iteration"], e["role"], run=e["run"], step=e["step"])
         self._collect_metrics()
         return [entries[-1]["path"] for entries in results]
+
+    # -- merges -------------------------------------------------------------------------------
+    def weights(self, rel: str) -> dict[str, torch.Tensor]:
+        return load_weights(self.path / rel)
+
+    def merged(self, rel: str, iteration: int, role: str, like: str, compute) -> str:
+        """Checkpoint `rel` = compute() (a state dict), unless it already exists; architecture and
+        tokenizer from checkpoint `like`. The tensors are freed on return (2 GB for SmolLM2)."""
+        if not self.exists(rel):
+            save_weights_like(self.path / like, compute(), self.path / rel)
+            gc.collect()
+        self.add_checkpoint(rel, iteration, role)
+        return rel
 
     # -- manifest -----------------------------------------------------------------------------
     def exists(self, rel: str) -> bool:

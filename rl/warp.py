@@ -15,7 +15,7 @@ from pathlib import Path
 import merge
 
 from .config import RLConfig
-from .rundir import RunDir, load_weights, save_weights_like
+from .rundir import RunDir
 from .run import train_run
 
 
@@ -27,16 +27,11 @@ def warp(cfg: RLConfig, out: str | Path, progress: bool = True, **run_kwargs) ->
         runs = rd.train_runs(i, init, train_run, progress=progress, **run_kwargs)   # θ_1..θ_M
         if not cfg.warp.merge:                         # plain REINFORCE baseline: no merging
             break
-        slerp, liti = f"iter{i}/slerp", f"iter{i}/liti"
-        if not rd.exists(liti):
-            theta_init = load_weights(rd.path / init)
-            if not rd.exists(slerp):
-                thetas = [load_weights(rd.path / r) for r in runs]
-                save_weights_like(rd.path / init, merge.slerp(theta_init, thetas, lam=cfg.warp.lam), rd.path / slerp)
-            theta_slerp = load_weights(rd.path / slerp)
-            save_weights_like(rd.path / init, merge.liti(theta_init, theta_slerp, cfg.warp.eta), rd.path / liti)
-        rd.add_checkpoint(slerp, i, "slerp")
-        rd.add_checkpoint(liti, i, "liti")
-        init = liti                                    # θ_init ← (1−η)·θ_init + η·θ_slerp
+        lam, eta = cfg.warp.lam, cfg.warp.eta
+        slerp = rd.merged(f"iter{i}/slerp", i, "slerp", like=init,           # SLERP of the task vectors θ_m − θ_init
+                          compute=lambda: merge.slerp(rd.weights(init), [rd.weights(r) for r in runs], lam))
+        liti = rd.merged(f"iter{i}/liti", i, "liti", like=init,              # (1−η)·θ_init + η·θ_slerp
+                         compute=lambda: merge.liti(rd.weights(init), rd.weights(slerp), eta))
+        init = liti                                                          # θ_init for the next iteration
     rd.finish()
     return rd.path
