@@ -269,7 +269,8 @@ def side_by_side(points: list[Point], records: dict[str, list[dict]], opps: list
 
 def run_eval(run_dir: str | Path, out: str | Path, etas: Sequence[float] = DEFAULT_ETAS, n_prompts: int | None = 64,
              baselines: Sequence[str] = (), batch_size: int = 16, seed: int = 0, tasks: Sequence[str] = (),
-             limit: int | None = None, split: str = "test") -> dict:
+             limit: int | None = None, split: str = "test", num_fewshot: int | None = None,
+             max_gen_toks: int | None = None) -> dict:
     """Score a run dir into EVAL_DIR (cached); write EVAL_DIR/eval.json and completions/*.jsonl.
 
     Returns the eval summary: points with metrics, side-by-side rows, benchmark rows, manifest info.
@@ -319,7 +320,8 @@ def run_eval(run_dir: str | Path, out: str | Path, etas: Sequence[float] = DEFAU
     if tasks:
         from .bench import run_benchmarks
 
-        bench_rows = run_benchmarks(points, scorer, cache, out, tasks, limit=limit, seed=seed)
+        bench_rows = run_benchmarks(points, scorer, cache, out, tasks, limit=limit, num_fewshot=num_fewshot,
+                                    gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None, seed=seed)
     summary = {
         "format": 1,
         "run_dir": str(manifest.run_dir),
@@ -329,6 +331,7 @@ def run_eval(run_dir: str | Path, out: str | Path, etas: Sequence[float] = DEFAU
                  "generation": dataclasses.asdict(manifest.task.generation), "split": split},
         "settings": {"etas": etas, "n_prompts": len(prompts), "seed": seed, "batch_size": batch_size,
                      "baselines": list(baselines), "tasks": list(tasks), "limit": limit,
+                     "num_fewshot": num_fewshot, "max_gen_toks": max_gen_toks,
                      "tie_band": sxs.TIE_BAND, "vader_scale": sxs.VADER_SCALE},
         "points": [{**p.info(), "metrics": metrics[p.name]} for p in points],
         "sxs": sxs_rows,
