@@ -251,7 +251,9 @@ def render_plots(df: pd.DataFrame, out: Path) -> list[str]:
     if len(lb):
         fig, ax = plt.subplots(figsize=(7, 0.3 * len(lb) + 1.5))
         y = range(len(lb))
-        ax.errorbar(lb.win_rate, list(y), xerr=[lb.win_rate - lb.win_rate_lo, lb.win_rate_hi - lb.win_rate],
+        # a percentile interval need not contain the mean on a skewed sample: clip the bars at the point
+        xerr = [(lb.win_rate - lb.win_rate_lo).clip(lower=0), (lb.win_rate_hi - lb.win_rate).clip(lower=0)]
+        ax.errorbar(lb.win_rate, list(y), xerr=xerr,
                     fmt="o", capsize=3, color="tab:blue")
         ax.set_yticks(list(y), lb.point.tolist(), fontsize=8)
         ax.axvline(0.5, color="gray", ls=":")
