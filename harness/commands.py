@@ -16,7 +16,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     tasks = [t for item in (args.tasks or []) for t in item.split(",") if t]
     summary = run_eval(args.run_dir, args.out, etas=args.etas, n_prompts=args.prompts, baselines=args.baseline or [],
                        batch_size=args.batch_size, seed=args.seed, tasks=tasks, limit=args.limit, split=args.split,
-                       num_fewshot=args.num_fewshot, max_gen_toks=args.max_gen_toks)
+                       num_fewshot=args.num_fewshot, max_gen_toks=args.max_gen_toks, device=args.device)
     n_new = len(summary["computed"])
     print(f"scored {len(summary['points'])} points ({n_new} computed, {len(summary['points']) - n_new} cached) "
           f"-> {args.out}/eval.json")
@@ -55,6 +55,7 @@ def register(sub) -> None:
     p.add_argument("--split", default="test", help="prompt split of the manifest to score (default: test)")
     p.add_argument("--tasks", action="append", help="lm-eval tasks, comma-separated: synth_gsm8k, champ_math, gsm8k, ...")
     p.add_argument("--limit", type=int, default=None, help="lm-eval: at most K documents per task")
+    p.add_argument("--device", default=None, help="torch device for scoring (default: cuda when available, else cpu)")
     p.add_argument("--num-fewshot", type=int, default=None, help="lm-eval: override the tasks' few-shot count")
     p.add_argument("--max-gen-toks", type=int, default=None, help="lm-eval: override the tasks' generation length")
     p.set_defaults(func=cmd_eval)

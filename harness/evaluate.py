@@ -161,10 +161,12 @@ class Scorer:
     """Holds π_sft, the LITI work model and the reward models; scores points not yet cached."""
 
     def __init__(self, manifest: Manifest, prompts: list[dict], cache: ResultCache, settings: dict,
-                 seed: int, batch_size: int) -> None:
+                 seed: int, batch_size: int, device: str | None = None) -> None:
         self.m, self.prompts, self.cache, self.settings = manifest, prompts, cache, settings
         self.seed, self.batch_size = seed, batch_size
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.sft_model, self.tok = load_policy(manifest.sft.path, "sft checkpoint")
+        self.sft_model.to(self.device)
         self._work = None
         self._slerp_sd: tuple[int, dict] | None = None
         self._rewards = None
@@ -176,7 +178,8 @@ class Scorer:
             from rl.rewards import load_reward
 
             t = self.m.task
-            self._rewards = {"reward": load_reward(self.m.reward_model_spec(), with_prompt=t.reward_with_prompt),
+            self._rewards = {"reward": load_reward(self.m.reward_model_spec(), with_prompt=t.reward_with_prompt,
+                                                   device=self.device),
                              "control_reward": load_reward(t.control_reward, base_dir=self.m.run_dir)}
         return self._rewards
 
@@ -185,7 +188,7 @@ class Scorer:
             self._work = copy.deepcopy(self.sft_model)
         if self._slerp_sd is None or self._slerp_sd[0] != point.iteration:
             slerp_model, _ = load_policy(self.m.slerp(point.iteration).path, f"iteration {point.iteration} slerp checkpoint")
-            self._slerp_sd = (point.iteration, {k: v.detach() for k, v in slerp_model.state_dict().items()})
+            self._slerp_sd = (point.iteration, {k: v.detach().to(self.device) for k, v in slerp_model.state_dict().items()})
             del slerp_model
         sft_sd = self.sft_model.state_dict()
         try:
@@ -209,6 +212,7 @@ class Scorer:
             model, tok = self._liti_model(point)
         else:
             model, tok = load_policy(point.path, "baseline" if point.kind == "baseline" else "checkpoint")
+            model.to(self.device)
         sft = self.sft_model if same_vocabulary(tok, self.tok) else None
         result = score_policy(model, tok, sft, self.prompts, self.rewards, self.m.task.generation,
                               seed=self.seed, batch_size=self.batch_size, desc=point.name)
@@ -270,7 +274,7 @@ def side_by_side(points: list[Point], records: dict[str, list[dict]], opps: list
 def run_eval(run_dir: str | Path, out: str | Path, etas: Sequence[float] = DEFAULT_ETAS, n_prompts: int | None = 64,
              baselines: Sequence[str] = (), batch_size: int = 16, seed: int = 0, tasks: Sequence[str] = (),
              limit: int | None = None, split: str = "test", num_fewshot: int | None = None,
-             max_gen_toks: int | None = None) -> dict:
+             max_gen_toks: int | None = None, device: str | None = None) -> dict:
     """Score a run dir into EVAL_DIR (cached); write EVAL_DIR/eval.json and completions/*.jsonl.
 
     Returns the eval summary: points with metrics, side-by-side rows, benchmark rows, manifest info.
@@ -296,7 +300,7 @@ def run_eval(run_dir: str | Path, out: str | Path, etas: Sequence[float] = DEFAU
     cache = ResultCache(out)
     points = list_points(manifest, etas, hashes)
     settings = score_settings(manifest, prompts, hashes(manifest.sft.path), seed, batch_size, reward_model_hash(manifest))
-    scorer = Scorer(manifest, prompts, cache, settings, seed, batch_size)
+    scorer = Scorer(manifest, prompts, cache, settings, seed, batch_size, device=device)
     for spec in baselines:
         path = Path(spec)
         if path.is_dir():
