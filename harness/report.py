@@ -204,8 +204,8 @@ def render_plots(df: pd.DataFrame, out: Path) -> list[str]:
         sft = wide[wide.kind == "sft"]
         iter_color = {i: c for c, i in zip(palette, sorted(liti.iteration.unique()))}
         for k, ((i, m), f) in enumerate(runs.groupby(["iteration", "run"])):
-            ax.plot(f.kl, f.reward, ls="--", marker="x", alpha=0.8, color=iter_color.get(i, "gray"),
-                    label="REINFORCE trajectories (one per run)" if k == 0 else None)
+            ax.errorbar(f.kl, f.reward, xerr=f.kl_se, yerr=f.reward_se, ls="--", marker="x", alpha=0.8, capsize=2,
+                        color=iter_color.get(i, "gray"), label="REINFORCE checkpoints, one line per run" if k == 0 else None)
             last = f.iloc[-1]
             ax.annotate(f"it{int(i)} run{int(m)}", (last.kl, last.reward), textcoords="offset points", xytext=(4, -10 * int(m)),
                         fontsize=7, color="dimgray")
