@@ -211,6 +211,10 @@ def render_plots(df: pd.DataFrame, out: Path) -> list[str]:
                         fontsize=7, color="dimgray")
         if len(sft):
             ax.scatter(sft.kl, sft.reward, marker="*", s=200, color="black", zorder=5, label="SFT")
+        saved = wide[wide.kind == "liti_ckpt"]
+        if len(saved):
+            ax.scatter(saved.kl, saved.reward, marker="D", s=45, color="tab:orange", zorder=5,
+                       label="saved LITI checkpoints (next iteration's init)")
         base = wide[(wide.kind == "baseline") & wide.kl.notna()]
         if len(base):
             ax.scatter(base.kl, base.reward, marker="s", s=50, color="tab:red", zorder=5, label="baselines")

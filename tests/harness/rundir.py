@@ -34,6 +34,8 @@ def build_run_dir(root: Path, iterations: int = 1, runs: int = 2, steps=(10, 20)
                 cps.append({"path": rel, "iteration": i, "run": m, "role": "run", "step": s})
         save(perturbed(tiny_causal_lm(seed=0)[0], 0.03, seed=7 + i), tok, root / f"iter{i}/slerp")
         cps.append({"path": f"iter{i}/slerp", "iteration": i, "run": None, "role": "slerp", "step": steps[-1]})
+        save(perturbed(tiny_causal_lm(seed=0)[0], 0.01, seed=70 + i), tok, root / f"iter{i}/liti")
+        cps.append({"path": f"iter{i}/liti", "iteration": i, "run": None, "role": "liti", "step": steps[-1]})
     rm, rtok = tiny_classifier(seed=0)
     with torch.no_grad():  # a sharper head, so P(positive) varies between completions
         rm.classifier.weight.mul_(60)

@@ -43,7 +43,7 @@ def test_eval_report_leaderboard_end_to_end(run_dir, tmp_path, capsys):
     summary = json.loads((ev / "eval.json").read_text())
     names = [p["name"] for p in summary["points"]]
     assert names[:4] == ["sft", "iter1/eta=0", "iter1/eta=0.5", "iter1/eta=1"]
-    assert "iter2/run2/step20" in names and len(names) == 1 + 2 * 3 + 2 * 2 * 2
+    assert "iter2/run2/step20" in names and "iter2/liti" in names and len(names) == 1 + 2 * 3 + 2 * 2 * 2 + 2
     point = {p["name"]: p for p in summary["points"]}
 
     # the η=0.5 point is (θ_sft + θ_slerp)/2: rebuild it independently and resample with the same seeds
@@ -104,8 +104,8 @@ def test_cache_recomputes_only_new_points(run_dir, tmp_path, counted):
     ev = tmp_path / "eval"
     base = ["eval", str(run_dir), "--out", str(ev), "--prompts", "4", "--batch-size", "4"]
     assert main(base + ["--etas", "0,1"]) == 0
-    # sft (= η 0 of both iterations), the two slerps (η=1), 8 run checkpoints
-    assert len(counted) == 1 + 2 + 8
+    # sft (= η 0 of both iterations), the two slerps (η=1), 8 run checkpoints, 2 saved LITI checkpoints
+    assert len(counted) == 1 + 2 + 8 + 2
     first = json.loads((ev / "eval.json").read_text())
     counted.clear()
     other = tmp_path / "other"
@@ -121,7 +121,7 @@ def test_cache_recomputes_only_new_points(run_dir, tmp_path, counted):
     assert counted == []
     # other settings (more prompts) are other cache entries
     assert main(base[:-4] + ["--prompts", "5", "--batch-size", "4", "--etas", "1"]) == 0
-    assert len(counted) == 1 + 2 + 8
+    assert len(counted) == 1 + 2 + 8 + 2
 
 
 @pytest.fixture(scope="module")
