@@ -99,7 +99,7 @@ def point_checkpoint(point, scorer, out: Path) -> Path:
         return Path(point.path) if Path(point.path).exists() else point.path
     target = out / "checkpoints" / point.hash[:16]
     if not (target / "config.json").is_file():
-        model, tok = scorer._liti_model(point)
+        model, tok = scorer.liti_model(point)
         with atomic_directory(target, overwrite=True) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             tok.save_pretrained(tmp)

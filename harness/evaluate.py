@@ -183,7 +183,8 @@ class Scorer:
                              "control_reward": load_reward(t.control_reward, base_dir=self.m.run_dir)}
         return self._rewards
 
-    def _liti_model(self, point: Point):
+    def liti_model(self, point: Point):
+        """The reusable work model loaded with (1−η)·θ_sft + η·θ_slerp_i (merge.liti); slerp_i loaded once per iteration."""
         if self._work is None:
             self._work = copy.deepcopy(self.sft_model)
         if self._slerp_sd is None or self._slerp_sd[0] != point.iteration:
@@ -209,7 +210,7 @@ class Scorer:
         if point.kind == "sft":
             model, tok = self.sft_model, self.tok
         elif point.kind == "liti":
-            model, tok = self._liti_model(point)
+            model, tok = self.liti_model(point)
         else:
             model, tok = load_policy(point.path, "baseline" if point.kind == "baseline" else "checkpoint")
             model.to(self.device)
