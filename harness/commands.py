@@ -50,7 +50,7 @@ def register(sub) -> None:
     p.add_argument("--etas", default="0,0.1,0.2,0.3,0.5,0.7,0.8,1", help="LITI η values in [0, 1], comma-separated")
     p.add_argument("--prompts", type=_int_or_none, default=64, help="score the first N held-out prompts ('all' for every one)")
     p.add_argument("--baseline", action="append", metavar="DIR_OR_HUB_ID", help="extra policy to score and compare against (repeatable)")
-    p.add_argument("--batch-size", type=int, default=16, help="generation batch size")
+    p.add_argument("--batch-size", type=int, default=16, help="generation batch size (part of the cache key: batch b is sampled with seed + b)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (batch b uses seed + b)")
     p.add_argument("--split", default="test", help="prompt split of the manifest to score (default: test)")
     p.add_argument("--tasks", action="append", help="lm-eval tasks, comma-separated: synth_gsm8k, champ_math, gsm8k, ...")
