@@ -13,6 +13,11 @@ def _int_or_none(text: str) -> int | None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import run_eval
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
     tasks = [t for item in (args.tasks or []) for t in item.split(",") if t]
     summary = run_eval(args.run_dir, args.out, etas=args.etas, n_prompts=args.prompts, baselines=args.baseline or [],
                        batch_size=args.batch_size, seed=args.seed, tasks=tasks, limit=args.limit, split=args.split,
@@ -55,6 +60,8 @@ def register(sub) -> None:
     p.add_argument("--split", default="test", help="prompt split of the manifest to score (default: test)")
     p.add_argument("--tasks", action="append", help="lm-eval tasks, comma-separated: synth_gsm8k, champ_math, gsm8k, ...")
     p.add_argument("--limit", type=int, default=None, help="lm-eval: at most K documents per task")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice; 1 is faster on a shared 2-core machine)")
     p.add_argument("--device", default=None, help="torch device for scoring (default: cuda when available, else cpu)")
     p.add_argument("--num-fewshot", type=int, default=None, help="lm-eval: override the tasks' few-shot count")
     p.add_argument("--max-gen-toks", type=int, default=None, help="lm-eval: override the tasks' generation length")
