@@ -70,7 +70,7 @@ def evaluate_checkpoint(path: str | Path, tasks: Sequence[str], limit: int | Non
                                       num_fewshot=num_fewshot, batch_size=batch_size, gen_kwargs=gen_kwargs,
                                       task_manager=task_manager(), log_samples=False, random_seed=seed,
                                       numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
-                                      bootstrap_iters=0 if limit else 1000)
+                                      bootstrap_iters=1000)  # for a mean metric the s.e. is closed-form
     except Exception as e:  # noqa: BLE001 — a dataset the hub must provide, a model lm-eval cannot run
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise HarnessError(f"lm-eval on {path} ({', '.join(tasks)}): {first}") from None
