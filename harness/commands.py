@@ -1,0 +1,84 @@
+"""Subcommands of `warp` contributed by the harness: eval, report, leaderboard."""
+from __future__ import annotations
+
+import argparse
+
+from .manifest import HarnessError
+
+
+def _int_or_none(text: str) -> int | None:
+    return None if text.lower() in ("all", "none") else int(text)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import run_eval
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+    tasks = [t for item in (args.tasks or []) for t in item.split(",") if t]
+    summary = run_eval(args.run_dir, args.out, etas=args.etas, n_prompts=args.prompts, baselines=args.baseline or [],
+                       batch_size=args.batch_size, seed=args.seed, tasks=tasks, limit=args.limit, split=args.split,
+                       num_fewshot=args.num_fewshot, max_gen_toks=args.max_gen_toks, device=args.device)
+    n_new = len(summary["computed"])
+    print(f"scored {len(summary['points'])} points ({n_new} computed, {len(summary['points']) - n_new} cached) "
+          f"-> {args.out}/eval.json")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    out = write_report(args.eval_dir, args.out, overwrite=args.overwrite)
+    print(f"report -> {out}/report.md")
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from .report import leaderboard
+
+    text = leaderboard(args.reports, opponent=args.opponent, judge=args.judge)
+    if args.out:
+        from merge.io import atomic_write_text
+
+        atomic_write_text(args.out, text)
+    print(text, end="")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="score a run's LITI fronts, RL checkpoints and baselines (KL, rewards, side-by-side, lm-eval)")
+    p.add_argument("run_dir", help="run directory with manifest.json")
+    p.add_argument("--out", required=True, help="EVAL_DIR (results cached there; re-runs compute only new points)")
+    p.add_argument("--etas", default="0,0.1,0.2,0.3,0.5,0.7,0.8,1", help="LITI η values in [0, 1], comma-separated")
+    p.add_argument("--prompts", type=_int_or_none, default=64, help="score the first N held-out prompts ('all' for every one)")
+    p.add_argument("--baseline", action="append", metavar="DIR_OR_HUB_ID", help="extra policy to score and compare against (repeatable)")
+    p.add_argument("--batch-size", type=int, default=16, help="generation batch size (part of the cache key: batch b is sampled with seed + b)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (batch b uses seed + b)")
+    p.add_argument("--split", default="test", help="prompt split of the manifest to score (default: test)")
+    p.add_argument("--tasks", action="append", help="lm-eval tasks, comma-separated: synth_gsm8k, champ_math, gsm8k, ...")
+    p.add_argument("--limit", type=int, default=None, help="lm-eval: at most K documents per task")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice; 1 is faster on a shared 2-core machine)")
+    p.add_argument("--device", default=None, help="torch device for scoring (default: cuda when available, else cpu)")
+    p.add_argument("--num-fewshot", type=int, default=None, help="lm-eval: override the tasks' few-shot count")
+    p.add_argument("--max-gen-toks", type=int, default=None, help="lm-eval: override the tasks' generation length")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("report", help="render EVAL_DIR into a report: report.md, tidy CSV, PNG plots")
+    p.add_argument("eval_dir")
+    p.add_argument("--out", required=True, help="report directory, e.g. results/NAME")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing report directory")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("leaderboard", help="compare several reports in one table")
+    p.add_argument("reports", nargs="+", help="report directories (written by warp report)")
+    p.add_argument("--opponent", default="sft", help="side-by-side opponent to rank by (default: sft)")
+    p.add_argument("--judge", default="proxy", choices=["proxy", "control"])
+    p.add_argument("--out", help="also write the table to this markdown file")
+    p.set_defaults(func=cmd_leaderboard)
+
+
+__all__ = ["register", "HarnessError"]

@@ -1,0 +1,134 @@
+"""Scoring one policy on held-out prompts: KL(π‖π_sft), proxy and control reward, length,
+unfinished share, distinct-n. Completions come from `rl.sampling.sample` with the run's
+generation settings and fixed seeds (one per batch: `seed + batch index`).
+
+Which KL: the completions are drawn from the sampling policy π^T (logits / T, the run's
+temperature), so the log-probabilities of both π and π_sft are taken at that same temperature:
+the estimate is then unbiased for KL(π^T‖π_sft^T), the KL between the two distributions the
+samples and rewards actually come from (k3 is only unbiased when the log-probs are those of the
+sampling distribution). At T = 1 this is KL(π‖π_sft). top_p < 1 truncation is not modelled.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Mapping, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from rl.sampling import sample, token_logprobs
+
+from .manifest import Generation, HarnessError
+from .metrics import distinct_n, kl_estimates, mean_se
+
+
+def load_policy(spec: str | os.PathLike, what: str = "checkpoint", trust_remote_code: bool = False):
+    """(model, tokenizer) from a Hugging Face directory or hub id, safetensors only, in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(spec), trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(str(spec), use_safetensors=True, trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001 — any loader failure is the user's bad input here
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise HarnessError(f"cannot load {what} {spec}: {first}") from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return model.eval(), tok
+
+
+def checkpoint_hash(path: str | os.PathLike) -> str:
+    """sha256 over the bytes of a checkpoint's *.safetensors files (sorted by name): its content hash."""
+    files = sorted(Path(path).glob("*.safetensors"))
+    if not files:
+        raise HarnessError(f"no *.safetensors weights in {path}")
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def liti_hash(sft_hash: str, slerp_hash: str, eta: float) -> str:
+    """Content hash of the in-memory LITI point (1−η)·θ_sft + η·θ_slerp; the endpoints are the checkpoints."""
+    if eta == 0.0:
+        return sft_hash
+    if eta == 1.0:
+        return slerp_hash
+    return hashlib.sha256(f"liti|{sft_hash}|{slerp_hash}|{eta!r}".encode()).hexdigest()
+
+
+class Tempered(torch.nn.Module):
+    """A causal LM whose logits are divided by T, so `token_logprobs` gives log π^T."""
+
+    def __init__(self, model: torch.nn.Module, temperature: float) -> None:
+        super().__init__()
+        self.model, self.temperature = model, float(temperature)
+
+    def forward(self, **kwargs):
+        return SimpleNamespace(logits=self.model(**kwargs).logits / self.temperature)
+
+
+def same_vocabulary(tok_a, tok_b) -> bool:
+    """KL to π_sft needs the same token space: equal vocabularies (token → id)."""
+    return tok_a is tok_b or tok_a.get_vocab() == tok_b.get_vocab()
+
+
+@dataclass
+class PointScore:
+    metrics: dict[str, float]
+    records: list[dict]
+
+
+@torch.no_grad()
+def score_policy(model, tokenizer, sft_model, prompts: Sequence[dict], rewards: Mapping[str, object],
+                 generation: Generation, seed: int = 0, batch_size: int = 16, desc: str = "score") -> PointScore:
+    """Sample one completion per prompt and score it.
+
+    prompts: records {"id", "prompt"}; rewards: name -> RewardModel ((prompts, completions) -> [B]),
+    e.g. {"reward": proxy, "control_reward": vader}; sft_model: π_sft sharing `tokenizer`'s
+    vocabulary, or None (then the KL metrics are NaN).
+    Returns the metrics (means and standard errors) and one record per completion with its
+    per-sample values (kl_k1, kl_k3, each reward, length, finished).
+    """
+    records: list[dict] = []
+    T = generation.temperature
+    pol, ref = Tempered(model, T), (Tempered(sft_model, T) if sft_model is not None else None)
+    batches = range(0, len(prompts), batch_size)
+    for b, start in enumerate(tqdm(batches, desc=desc, leave=False, unit="batch")):
+        chunk = prompts[start:start + batch_size]
+        texts = [r["prompt"] for r in chunk]
+        s = sample(model, tokenizer, texts, max_new_tokens=generation.max_new_tokens, temperature=T,
+                   top_p=generation.top_p, seed=seed + b, chat_template=generation.chat_template)
+        if ref is not None:
+            lp = token_logprobs(pol, s.input_ids, s.attention_mask, s.completion_mask)
+            lp_sft = token_logprobs(ref, s.input_ids, s.attention_mask, s.completion_mask)
+            k1, k3 = kl_estimates(lp, lp_sft, s.completion_mask)
+        else:
+            k1 = k3 = torch.full((len(chunk),), float("nan"))
+        scores = {name: rm(texts, s.completions).float().cpu() for name, rm in rewards.items()}
+        for i, r in enumerate(chunk):
+            rec = {"id": r["id"], "prompt": r["prompt"], "completion": s.completions[i],
+                   "length": int(s.lengths[i]), "finished": bool(s.finished[i]),
+                   "kl_k1": float(k1[i]), "kl_k3": float(k3[i])}
+            rec.update({name: float(v[i]) for name, v in scores.items()})
+            records.append(rec)
+    return PointScore(summarize(records, list(rewards)), records)
+
+
+def summarize(records: Sequence[dict], reward_names: Sequence[str]) -> dict[str, float]:
+    """Metrics of one point from its per-completion records: mean and s.e. of each per-sample value."""
+    m: dict[str, float] = {"n": float(len(records))}
+    for key in ["kl_k1", "kl_k3", *reward_names, "length"]:
+        m[key], m[f"{key}_se"] = mean_se([r[key] for r in records])
+    m["kl"], m["kl_se"] = m["kl_k1"], m["kl_k1_se"]
+    m["unfinished"], m["unfinished_se"] = mean_se([0.0 if r["finished"] else 1.0 for r in records])
+    texts = [r["completion"] for r in records]
+    m["distinct_1"], m["distinct_2"] = distinct_n(texts, 1), distinct_n(texts, 2)
+    return m
