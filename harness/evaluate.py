@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -290,6 +291,9 @@ def run_eval(run_dir: str | Path, out: str | Path, etas: Sequence[float] = DEFAU
     if n_prompts is not None and n_prompts < 1:
         raise HarnessError(f"--prompts must be ≥ 1, got {n_prompts}")
     manifest = load_manifest(run_dir)
+    if not manifest.complete:
+        warnings.warn(f"{manifest.run_dir}: the run is not complete (still running, or stopped early); "
+                      f"scoring the {len(manifest.checkpoints)} checkpoint(s) present", RuntimeWarning, stacklevel=2)
     for spec in baselines:
         check_baseline(spec)
     if split not in manifest.task.prompts:

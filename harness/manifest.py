@@ -56,6 +56,7 @@ class Manifest:
     config: dict[str, Any]
     task: Task
     checkpoints: list[Checkpoint] = field(default_factory=list)
+    complete: bool = True   # False while the RL run is still going (or was killed before its end)
 
     @property
     def sft(self) -> Checkpoint:
@@ -175,7 +176,8 @@ def load_manifest(run_dir: str | Path) -> Manifest:
     if sum(c.role == "sft" for c in cps) != 1:
         raise HarnessError(f"{where}.checkpoints: expected exactly one role 'sft' checkpoint, "
                            f"found {sum(c.role == 'sft' for c in cps)}")
-    return Manifest(run_dir=run_dir.resolve(), config=config, task=task, checkpoints=cps)
+    complete = _get(data, "complete", bool, where, True)
+    return Manifest(run_dir=run_dir.resolve(), config=config, task=task, checkpoints=cps, complete=complete)
 
 
 def load_prompts(path: Path, n: int | None = None) -> list[dict]:

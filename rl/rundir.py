@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import gc
 import json
+import shutil
 from pathlib import Path
 
 import torch
 
 from merge.config import from_mapping, to_mapping
 from merge.errors import WarpError
-from merge.io import atomic_write_json, atomic_write_text
+from merge.io import atomic_directory, atomic_write_json, atomic_write_text
 
 from .config import RLConfig
 from .data import load_splits, prompts as make_prompts
@@ -96,7 +97,7 @@ class RunDir:
             "generation": _plain(to_mapping(cfg.generation)),
         }
         path.mkdir(parents=True, exist_ok=True)
-        rd = cls(path, cfg, {"format": FORMAT, "config": config, "task": task, "checkpoints": []})
+        rd = cls(path, cfg, {"format": FORMAT, "config": config, "task": task, "complete": False, "checkpoints": []})
         rd._splits = splits
         rd._write_manifest()
         return rd
@@ -116,8 +117,23 @@ class RunDir:
                 _write_jsonl(pdir / f"{name}.jsonl", make_prompts(splits[name], cfg.data, cfg.eval_prompts))
             _write_jsonl(pdir / "train.jsonl", make_prompts(splits["train"], cfg.data))
         self.train_prompts = [r["prompt"] for r in _read_jsonl(pdir / "train.jsonl")]
-        self.reward_spec = self.manifest["task"]["reward_model"]
+        self._own_reward_model()
         self.add_checkpoint("sft", 0, "sft", step=0)
+
+    def _own_reward_model(self) -> None:
+        """Copy a local reward-model directory into RUN_DIR/reward_model (≈90 MB for MiniLM), so the
+        run directory is self-contained for the harness; the manifest then names it relatively."""
+        spec = self.manifest["task"]["reward_model"]
+        src = Path(spec)
+        if src.is_absolute() and src.is_dir():
+            dest = self.path / "reward_model"
+            if not dest.exists():
+                with atomic_directory(dest) as tmp:
+                    shutil.copytree(src, tmp, dirs_exist_ok=True)
+            self.manifest["task"]["reward_model"] = spec = "reward_model"
+            self._write_manifest()
+        local = self.path / spec
+        self.reward_spec = str(local) if spec != "vader" and local.is_dir() else spec
 
     # -- runs ---------------------------------------------------------------------------------
     def train_runs(self, iteration: int, init: str, train_run, progress: bool = True, **kwargs) -> list[str]:
@@ -190,7 +206,9 @@ class RunDir:
         _write_jsonl(self.path / "metrics.jsonl", rows)
 
     def finish(self) -> None:
+        """All iterations done: metrics gathered, and the manifest marked complete for the harness."""
         self._collect_metrics()
+        self.manifest["complete"] = True
         self._write_manifest()
 
 

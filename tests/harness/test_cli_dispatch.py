@@ -34,3 +34,9 @@ def test_no_command_is_a_usage_error():
 def test_help_runs_as_a_module():
     r = subprocess.run([sys.executable, "-m", "harness.cli", "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "usage: warp" in r.stdout
+
+
+def test_every_documented_subcommand_is_registered():
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert {"merge", "run", "train-rm", "eval", "report", "leaderboard"} <= set(sub.choices)

@@ -67,3 +67,24 @@ def test_bad_prompt_file(tmp_path):
     f.write_text('{"id": 1, "prompt": "x"}\n{"id": 2}\n')
     with pytest.raises(HarnessError, match="p.jsonl:2"):
         load_prompts(f)
+
+
+def test_complete_flag(run_dir, tmp_path):
+    assert load_manifest(run_dir).complete is True   # older manifests without the key count as complete
+    running = edit(run_dir, tmp_path, lambda d, p: d.update(complete=False))
+    assert load_manifest(running).complete is False
+    bad = tmp_path / "bad"
+    shutil.copytree(running, bad)
+    data = json.loads((bad / "manifest.json").read_text())
+    data["complete"] = "yes"
+    (bad / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(HarnessError, match="complete: expected bool"):
+        load_manifest(bad)
+
+
+def test_eval_of_an_unfinished_run_warns(run_dir, tmp_path):
+    from harness.evaluate import run_eval
+
+    running = edit(run_dir, tmp_path, lambda d, p: d.update(complete=False))
+    with pytest.warns(RuntimeWarning, match="not complete"):
+        run_eval(running, tmp_path / "ev", etas=[0.0], n_prompts=2)

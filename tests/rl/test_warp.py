@@ -32,7 +32,9 @@ def test_warp_i2_m2_writes_the_manifest(tiny_rl_config, tmp_path):
     task = manifest["task"]
     assert task["generation"] == {"max_new_tokens": 6, "temperature": 0.9, "top_p": 1.0, "chat_template": False}
     assert task["control_reward"] == "vader" and task["reward_with_prompt"] is False
-    assert (out / task["reward_model"] / "config.json").exists()
+    # The reward model is copied into the run dir (self-contained) and named relatively.
+    assert task["reward_model"] == "reward_model" and (out / "reward_model" / "config.json").exists()
+    assert manifest["complete"] is True
     for split in ("validation", "test"):
         rows = [json.loads(x) for x in (out / task["prompts"][split]).read_text().splitlines()]
         assert 1 <= len(rows) <= 4 and all(set(r) == {"id", "prompt"} and len(r["prompt"].split()) == 2 for r in rows)
@@ -70,6 +72,7 @@ def test_resume_equals_uninterrupted(tiny_rl_config, tmp_path, state_every, kill
     for k in kills:   # each attempt is killed after k steps of the run it is in
         with pytest.raises(KeyboardInterrupt):
             warp(config(mapping), out, progress=False, stop_after=k)
+        assert json.loads((out / "manifest.json").read_text())["complete"] is False
     warp(config(mapping), out, progress=False)
     a = json.loads((whole / "manifest.json").read_text())
     b = json.loads((out / "manifest.json").read_text())
