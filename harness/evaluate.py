@@ -333,7 +333,7 @@ def run_eval(run_dir: str | Path, out: str | Path, etas: Sequence[float] = DEFAU
                                     gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None, seed=seed)
     summary = {
         "format": 1,
-        "run_dir": str(manifest.run_dir),
+        "run_dir": str(run_dir),   # as the user named it: reports should not record this machine's absolute paths
         "config": manifest.config,
         "task": {"reward_model": manifest.task.reward_model, "reward_with_prompt": manifest.task.reward_with_prompt,
                  "control_reward": manifest.task.control_reward,

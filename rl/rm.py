@@ -134,14 +134,19 @@ def _score(model, tok, held: Sequence[Example], cfg: RewardTrainConfig) -> torch
     return positive_probs(model, tok, [e.text for e in held], cfg.max_length)
 
 
-def train_rm(cfg: RewardTrainConfig, seed: int, out: str | Path, overwrite: bool = False, progress: bool = True) -> dict:
-    """Train one reward model, save it (atomic) with `rm_metrics.json` (held-out accuracy)."""
+def _prepare(cfg: RewardTrainConfig, out: str | Path, overwrite: bool) -> tuple[Path, list, list]:
+    """Threads, the refusal of an existing `out`, and the train / held-out examples."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(out)
     if out.exists() and not overwrite:
         raise RewardError(f"{out} already exists (pass --overwrite to replace it)")
-    train, held = rm_datasets(cfg)
+    return (out, *rm_datasets(cfg))
+
+
+def train_rm(cfg: RewardTrainConfig, seed: int, out: str | Path, overwrite: bool = False, progress: bool = True) -> dict:
+    """Train one reward model, save it (atomic) with `rm_metrics.json` (held-out accuracy)."""
+    out, train, held = _prepare(cfg, out, overwrite)
     t0 = time.perf_counter()
     model, tok = train_classifier(cfg, train, seed, progress)
     seconds = time.perf_counter() - t0
@@ -158,12 +163,7 @@ def warm(cfg: RewardTrainConfig, seeds: Sequence[int], out: str | Path, overwrit
     """WARM: M members (same init, seeds `seeds`) on clean labels and on each `label_noise` level;
     compares on the clean held-out set the weight average vs each member vs the prediction
     ensemble (mean of P(positive)). Saves the clean-label WARM model (and its members) to `out`."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise RewardError(f"{out} already exists (pass --overwrite to replace it)")
-    train, held = rm_datasets(cfg)
+    out, train, held = _prepare(cfg, out, overwrite)
     labels = [e.label for e in held]
     report = {"members": list(seeds), "n_train": len(train), "n_held_out": len(held), "config": to_mapping(cfg), "noise": {}}
     saved = None
