@@ -21,7 +21,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     tasks = [t for item in (args.tasks or []) for t in item.split(",") if t]
     summary = run_eval(args.run_dir, args.out, etas=args.etas, n_prompts=args.prompts, baselines=args.baseline or [],
                        batch_size=args.batch_size, seed=args.seed, tasks=tasks, limit=args.limit, split=args.split,
-                       num_fewshot=args.num_fewshot, max_gen_toks=args.max_gen_toks, device=args.device)
+                       num_fewshot=args.num_fewshot, max_gen_toks=args.max_gen_toks, device=args.device,
+                       bench_on=[t for item in (args.bench_on or []) for t in item.split(",") if t])
     n_new = len(summary["computed"])
     print(f"scored {len(summary['points'])} points ({n_new} computed, {len(summary['points']) - n_new} cached) "
           f"-> {args.out}/eval.json")
@@ -60,6 +61,9 @@ def register(sub) -> None:
     p.add_argument("--split", default="test", help="prompt split of the manifest to score (default: test)")
     p.add_argument("--tasks", action="append", help="lm-eval tasks, comma-separated: synth_gsm8k, champ_math, gsm8k, ...")
     p.add_argument("--limit", type=int, default=None, help="lm-eval: at most K documents per task")
+    p.add_argument("--bench-on", action="append", metavar="POINTS",
+                   help="lm-eval only on these points, comma-separated names (iter2/eta=1) or kinds "
+                        "(sft, liti, liti_ckpt, run, baseline); default: every point")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice; 1 is faster on a shared 2-core machine)")
     p.add_argument("--device", default=None, help="torch device for scoring (default: cuda when available, else cpu)")

@@ -273,10 +273,22 @@ def side_by_side(points: list[Point], records: dict[str, list[dict]], opps: list
     return rows
 
 
+def select_points(points: Sequence[Point], selectors: Sequence[str]) -> list[Point]:
+    """The points named by `selectors` (point names such as 'iter2/eta=1', or kinds: sft, liti,
+    liti_ckpt, run, baseline); all points when there are none. An unmatched selector is an error."""
+    if not selectors:
+        return list(points)
+    for sel in selectors:
+        if not any(sel in (p.name, p.kind) for p in points):
+            names = ", ".join(sorted({p.kind for p in points} | {p.name for p in points}))
+            raise HarnessError(f"--bench-on: {sel!r} names no point (points and kinds: {names})")
+    return [p for p in points if p.name in selectors or p.kind in selectors]
+
+
 def run_eval(run_dir: str | Path, out: str | Path, etas: Sequence[float] = DEFAULT_ETAS, n_prompts: int | None = 64,
              baselines: Sequence[str] = (), batch_size: int = 16, seed: int = 0, tasks: Sequence[str] = (),
              limit: int | None = None, split: str = "test", num_fewshot: int | None = None,
-             max_gen_toks: int | None = None, device: str | None = None) -> dict:
+             max_gen_toks: int | None = None, device: str | None = None, bench_on: Sequence[str] = ()) -> dict:
     """Score a run dir into EVAL_DIR (cached); write EVAL_DIR/eval.json and completions/*.jsonl.
 
     Returns the eval summary: points with metrics, side-by-side rows, benchmark rows, manifest info.
@@ -315,6 +327,7 @@ def run_eval(run_dir: str | Path, out: str | Path, etas: Sequence[float] = DEFAU
             h = state_dict_hash(model.state_dict())
             del model
         points.append(Point(baseline_name(spec), "baseline", h, path=str(path.resolve()) if path.is_dir() else spec))
+    bench_points = select_points(points, bench_on) if tasks else []   # a bad selector fails before any work
     metrics = {}
     for p in tqdm(points, desc="points", unit="point"):
         metrics[p.name] = scorer.score(p)
@@ -329,7 +342,7 @@ def run_eval(run_dir: str | Path, out: str | Path, etas: Sequence[float] = DEFAU
     if tasks:
         from .bench import run_benchmarks
 
-        bench_rows = run_benchmarks(points, scorer, cache, out, tasks, limit=limit, num_fewshot=num_fewshot,
+        bench_rows = run_benchmarks(bench_points, scorer, cache, out, tasks, limit=limit, num_fewshot=num_fewshot,
                                     gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None, seed=seed)
     summary = {
         "format": 1,
@@ -339,7 +352,7 @@ def run_eval(run_dir: str | Path, out: str | Path, etas: Sequence[float] = DEFAU
                  "control_reward": manifest.task.control_reward,
                  "generation": dataclasses.asdict(manifest.task.generation), "split": split},
         "settings": {"etas": etas, "n_prompts": len(prompts), "seed": seed, "batch_size": batch_size,
-                     "baselines": list(baselines), "tasks": list(tasks), "limit": limit,
+                     "baselines": list(baselines), "tasks": list(tasks), "limit": limit, "bench_on": list(bench_on),
                      "num_fewshot": num_fewshot, "max_gen_toks": max_gen_toks,
                      "tie_band": sxs.TIE_BAND, "vader_scale": sxs.VADER_SCALE},
         "points": [{**p.info(), "metrics": metrics[p.name]} for p in points],

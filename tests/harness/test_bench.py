@@ -89,3 +89,16 @@ def test_warp_eval_with_tasks_end_to_end(tmp_path):
     assert len(saved) == 1 and (saved[0] / "model.safetensors").is_file()  # only the in-memory LITI point is saved
     assert main(["report", str(ev), "--out", str(tmp_path / "rep")]) == 0
     assert "## Benchmarks (lm-eval)" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_bench_on_limits_lm_eval_to_the_named_points(tmp_path, capsys):
+    run = build_run_dir(tmp_path / "run", iterations=1, runs=1, steps=(10,))
+    ev = tmp_path / "eval"
+    base = ["eval", str(run), "--out", str(ev), "--etas", "0,0.5,1", "--prompts", "2", "--tasks", "synth_gsm8k",
+            "--limit", "1", "--num-fewshot", "0", "--max-gen-toks", "2"]
+    assert main(base + ["--bench-on", "sft,iter1/eta=1"]) == 0
+    summary = json.loads((ev / "eval.json").read_text())
+    assert {b["point"] for b in summary["bench"]} == {"sft", "iter1/eta=1"}
+    assert len(summary["points"]) > 2   # every point is still scored for KL and reward
+    assert main(base + ["--bench-on", "nope"]) == 2
+    assert "--bench-on: 'nope' names no point" in capsys.readouterr().err
