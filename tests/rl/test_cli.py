@@ -80,3 +80,11 @@ def test_shipped_configs_validate(name):
     if name == "paper":
         assert (cfg.reinforce.lr, cfg.reinforce.warmup_steps, cfg.reinforce.batch_prompts, cfg.warp.steps) == (1e-6, 100, 128, 9000)
         assert (cfg.reinforce.mu, cfg.warp.lam, cfg.warp.eta, cfg.warp.runs) == (0.01, 0.5, 0.3, 2)
+
+
+def test_shipped_warm_config_validates():
+    from merge.config import load_config
+    from rl.rm import RewardTrainConfig
+
+    cfg = load_config(RewardTrainConfig, "configs/warm.yaml")
+    assert cfg.label_noise == [0.2, 0.4] and cfg.train_per_class == 1000
