@@ -120,13 +120,13 @@ def check_baseline(spec: str) -> None:
         if not p.is_dir() or not any(p.glob("*.safetensors")):
             raise HarnessError(f"--baseline {spec}: not a checkpoint directory with *.safetensors weights")
         return
-    from transformers import AutoConfig
+    from rl.models import check_model   # builtin aliases (e.g. smollm2-135m-instruct) and hub ids
 
     try:
-        AutoConfig.from_pretrained(spec)
-    except Exception as e:  # noqa: BLE001
+        check_model(spec)
+    except Exception as e:  # noqa: BLE001 — any failure here means the baseline cannot be loaded
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise HarnessError(f"--baseline {spec}: cannot be loaded (not a directory; as a hub id: {first})") from None
+        raise HarnessError(f"--baseline {spec}: cannot be loaded (not a directory; {first})") from None
 
 
 def list_points(manifest: Manifest, etas: Sequence[float], hashes: HashIndex) -> list[Point]:

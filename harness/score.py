@@ -27,18 +27,21 @@ from .metrics import distinct_n, kl_estimates, mean_se
 
 
 def load_policy(spec: str | os.PathLike, what: str = "checkpoint", trust_remote_code: bool = False):
-    """(model, tokenizer) from a Hugging Face directory or hub id, safetensors only, in eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """(model, tokenizer) in eval mode, through the project's one loader (`rl.models.load_causal_lm`):
+    a Hugging Face directory, a hub id or a builtin alias; safetensors only."""
+    from merge.errors import WarpError
+    from rl.models import load_causal_lm
 
     try:
-        tok = AutoTokenizer.from_pretrained(str(spec), trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(str(spec), use_safetensors=True, trust_remote_code=trust_remote_code)
+        model, tok = load_causal_lm(str(spec), trust_remote_code=trust_remote_code)
+    except WarpError as e:
+        raise HarnessError(f"cannot load {what} {spec}: {e}") from None
     except Exception as e:  # noqa: BLE001 — any loader failure is the user's bad input here
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise HarnessError(f"cannot load {what} {spec}: {first}") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    return model.eval(), tok
+    return model, tok
 
 
 def checkpoint_hash(path: str | os.PathLike) -> str:

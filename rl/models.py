@@ -162,7 +162,8 @@ def load_causal_lm(spec: str, dtype: torch.dtype = torch.float32, device: str | 
     _quiet()
     where = resolve_model(spec)
     try:
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, use_safetensors=True,
+                                                     trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise _unknown(spec, e) from None
     return model.to(device).eval(), load_tokenizer(spec, trust_remote_code)
@@ -181,7 +182,8 @@ def load_classifier(spec: str, num_labels: int | None = None, id2label: dict | N
     if id2label is not None:
         kwargs.update(id2label=id2label, label2id={v: k for k, v in id2label.items()})
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(where, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs)
+        model = AutoModelForSequenceClassification.from_pretrained(where, dtype=dtype, use_safetensors=True,
+                                                                   trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError) as e:
         raise _unknown(spec, e) from None
     return model, load_tokenizer(spec, trust_remote_code)

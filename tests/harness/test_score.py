@@ -134,3 +134,21 @@ def test_content_hashes(tmp_path):
     assert a != checkpoint_hash(save(perturbed(m, 0.01, 0), tok, tmp_path / "c"))
     assert liti_hash("s", "l", 0.0) == "s" and liti_hash("s", "l", 1.0) == "l"
     assert liti_hash("s", "l", 0.3) != liti_hash("s", "l", 0.5)
+
+
+def test_load_policy_goes_through_the_project_loader_and_refuses_pickles(tmp_path, tiny_lm_dir):
+    import shutil
+
+    import torch
+
+    from harness.manifest import HarnessError
+    from harness.score import load_policy
+
+    model, tok = load_policy(tiny_lm_dir)
+    assert not model.training and tok.pad_token_id is not None
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_lm_dir, pickled)
+    (pickled / "model.safetensors").unlink()
+    torch.save(model.state_dict(), pickled / "pytorch_model.bin")
+    with pytest.raises(HarnessError, match="cannot load checkpoint"):
+        load_policy(pickled)
