@@ -4,7 +4,7 @@ that train once with the default config and cache the result under $WARP_CACHE.
 
 WARM (Ramé et al. 2024, "WARM: On the Benefits of Weight Averaged Reward Models"): the M members
 share the pretrained backbone AND the head's initial values; they differ in seed (data order,
-dropout). θ_WARM = (1/M)·Σ_m θ_m, computed exactly as a chain of merge.lerp with t = 1/k.
+dropout). θ_WARM = (1/M)·Σ_m θ_m, by merge.average.
 """
 from __future__ import annotations
 
@@ -122,14 +122,6 @@ def accuracy(probs: torch.Tensor, labels: Sequence[int]) -> float:
     return float(((probs > 0.5).long() == torch.tensor(list(labels))).float().mean())
 
 
-def uniform_average(state_dicts: Sequence) -> dict[str, torch.Tensor]:
-    """(1/M)·Σ_m θ_m exactly, by the running mean avg_k = lerp(avg_{k−1}, θ_k, 1/k)."""
-    avg = dict(state_dicts[0])
-    for k, sd in enumerate(state_dicts[1:], start=2):
-        avg = merge.lerp(avg, sd, 1.0 / k)
-    return avg
-
-
 def _score(model, tok, held: Sequence[Example], cfg: RewardTrainConfig) -> torch.Tensor:
     return positive_probs(model, tok, [e.text for e in held], cfg.max_length)
 
@@ -173,7 +165,7 @@ def warm(cfg: RewardTrainConfig, seeds: Sequence[int], out: str | Path, overwrit
         probs = [_score(m, t, held, cfg) for m, t in members]
         tok = members[0][1]
         warm_model, _ = init_classifier(cfg)
-        warm_model.load_state_dict(uniform_average([m.state_dict() for m, _ in members]))
+        warm_model.load_state_dict(merge.average([m.state_dict() for m, _ in members]))
         warm_model.eval()
         row = {"members": [accuracy(p, labels) for p in probs],
                "ensemble": accuracy(torch.stack(probs).mean(0), labels),

@@ -7,7 +7,7 @@ from merge.config import ConfigError, from_mapping
 from rl import rm
 from rl.data import DataConfig, Example
 from rl.rewards import ClassifierReward, RewardError
-from rl.rm import RewardTrainConfig, flip_labels, resolve_reward_spec, rm_datasets, train_rm, uniform_average, warm
+from rl.rm import RewardTrainConfig, flip_labels, resolve_reward_spec, rm_datasets, train_rm, warm
 
 
 @pytest.fixture
@@ -33,9 +33,11 @@ def test_train_rm_learns_and_reports_true_held_out_accuracy(rm_config, tmp_path)
 
 
 def test_uniform_average_is_the_exact_mean():
+    import merge
+
     torch.manual_seed(0)
     sds = [{"w": torch.randn(3, 4), "b": torch.randn(4)} for _ in range(3)]
-    avg = uniform_average(sds)
+    avg = merge.average(sds)   # what warm() averages its members with
     for k in ("w", "b"):
         torch.testing.assert_close(avg[k], torch.stack([s[k] for s in sds]).mean(0))
 
