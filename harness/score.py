@@ -14,7 +14,6 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Mapping, Sequence
 
 import torch
@@ -67,17 +66,6 @@ def liti_hash(sft_hash: str, slerp_hash: str, eta: float) -> str:
     return hashlib.sha256(f"liti|{sft_hash}|{slerp_hash}|{eta!r}".encode()).hexdigest()
 
 
-class Tempered(torch.nn.Module):
-    """A causal LM whose logits are divided by T, so `token_logprobs` gives log π^T."""
-
-    def __init__(self, model: torch.nn.Module, temperature: float) -> None:
-        super().__init__()
-        self.model, self.temperature = model, float(temperature)
-
-    def forward(self, **kwargs):
-        return SimpleNamespace(logits=self.model(**kwargs).logits / self.temperature)
-
-
 def same_vocabulary(tok_a, tok_b) -> bool:
     """KL to π_sft needs the same token space: equal vocabularies (token → id)."""
     return tok_a is tok_b or tok_a.get_vocab() == tok_b.get_vocab()
@@ -102,16 +90,15 @@ def score_policy(model, tokenizer, sft_model, prompts: Sequence[dict], rewards: 
     """
     records: list[dict] = []
     T = generation.temperature
-    pol, ref = Tempered(model, T), (Tempered(sft_model, T) if sft_model is not None else None)
     batches = range(0, len(prompts), batch_size)
     for b, start in enumerate(tqdm(batches, desc=desc, leave=False, unit="batch")):
         chunk = prompts[start:start + batch_size]
         texts = [r["prompt"] for r in chunk]
         s = sample(model, tokenizer, texts, max_new_tokens=generation.max_new_tokens, temperature=T,
                    top_p=generation.top_p, seed=seed + b, chat_template=generation.chat_template)
-        if ref is not None:
-            lp = token_logprobs(pol, s.input_ids, s.attention_mask, s.completion_mask)
-            lp_sft = token_logprobs(ref, s.input_ids, s.attention_mask, s.completion_mask)
+        if sft_model is not None:
+            lp = token_logprobs(model, s.input_ids, s.attention_mask, s.completion_mask, temperature=T)
+            lp_sft = token_logprobs(sft_model, s.input_ids, s.attention_mask, s.completion_mask, temperature=T)
             k1, k3 = kl_estimates(lp, lp_sft, s.completion_mask)
         else:
             k1 = k3 = torch.full((len(chunk),), float("nan"))

@@ -89,14 +89,19 @@ def sample(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, tem
 
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   completion_mask: torch.Tensor) -> torch.Tensor:
+                   completion_mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """log π(y_t | x, y_<t) for every completion token, 0 elsewhere: [B, P + C] (float32).
 
-    Differentiable when called with grad enabled (the policy-gradient pass).
+    `temperature` T ≠ 1 gives the log-probs of the tempered policy π^T (logits / T), the one the
+    completions were sampled from (the harness's KL); RL uses T = 1. Differentiable when called
+    with grad enabled (the policy-gradient pass).
     """
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    logits = logits[:, :-1].float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    logp = torch.log_softmax(logits, dim=-1)
     picked = logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
     out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
     out[:, 1:] = picked * completion_mask[:, 1:].float()

@@ -8,7 +8,7 @@ import torch
 
 from harness.manifest import Generation
 from harness.metrics import distinct_n, kl_estimates, mean_se, pareto_front
-from harness.score import Tempered, checkpoint_hash, liti_hash, score_policy, summarize
+from harness.score import checkpoint_hash, liti_hash, score_policy, summarize
 from tests.harness.rundir import perturbed
 from tests.tiny import save, tiny_causal_lm
 
@@ -85,10 +85,19 @@ def test_kl_estimates_per_token_formulas():
     assert k3.item() == pytest.approx((r1 - 1 - math.log(r1)) + (r2 - 1 - math.log(r2)))
 
 
-def test_tempered_wrapper_divides_logits():
+def test_token_logprobs_at_a_temperature_divide_the_logits():
+    from rl.sampling import token_logprobs
+
     model, tok = tiny_causal_lm(seed=0)
-    ids = tok("abc", return_tensors="pt").input_ids
-    assert torch.allclose(Tempered(model, 0.5)(input_ids=ids).logits, model(input_ids=ids).logits / 0.5)
+    ids = tok("abcd", return_tensors="pt").input_ids
+    att, mask = torch.ones_like(ids), torch.tensor([[0, 0, 1, 1]])
+    with torch.no_grad():
+        got = token_logprobs(model, ids, att, mask, temperature=0.5)
+        logp = torch.log_softmax(model(input_ids=ids).logits / 0.5, dim=-1)
+    expected = torch.tensor([[0.0, 0.0, logp[0, 1, ids[0, 2]].item(), logp[0, 2, ids[0, 3]].item()]])
+    torch.testing.assert_close(got, expected)
+    with torch.no_grad():
+        assert not torch.allclose(token_logprobs(model, ids, att, mask), got)   # T = 1 differs
 
 
 def test_mean_se_and_distinct_n():
