@@ -103,10 +103,11 @@ def load_state(path: Path, policy, anchor, optimizer, scheduler) -> int:
     return int(meta["step"])
 
 
-def _read_metrics(path: Path) -> list[dict]:
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSON-lines file written by this package ([] when it does not exist yet)."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 # ---- one run ---------------------------------------------------------------------------------
@@ -154,7 +155,7 @@ def train_run(cfg: RLConfig, run_dir: str | Path, iteration: int, run: int, init
     done = 0
     if state_dir.exists():
         done = load_state(state_dir, policy, anchor, optimizer, scheduler)
-        atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in _read_metrics(metrics_path)
+        atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in read_jsonl(metrics_path)
                                                 if m["step"] <= done))
     elif metrics_path.exists():
         metrics_path.unlink()

@@ -21,6 +21,7 @@ from .config import RLConfig
 from .data import load_splits, prompts as make_prompts
 from .models import check_model, load_causal_lm, save_checkpoint
 from .rm import resolve_reward_spec
+from .run import read_jsonl
 
 FORMAT = 1
 
@@ -48,10 +49,6 @@ def save_weights_like(template: str | Path, state_dict, out: str | Path) -> Path
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _run_worker(cfg_dict: dict, run_dir: str, iteration: int, run: int, init: str, train_prompts: list[str],
@@ -116,7 +113,7 @@ class RunDir:
             for name in ("validation", "test"):
                 _write_jsonl(pdir / f"{name}.jsonl", make_prompts(splits[name], cfg.data, cfg.eval_prompts))
             _write_jsonl(pdir / "train.jsonl", make_prompts(splits["train"], cfg.data))
-        self.train_prompts = [r["prompt"] for r in _read_jsonl(pdir / "train.jsonl")]
+        self.train_prompts = [r["prompt"] for r in read_jsonl(pdir / "train.jsonl")]
         self._own_reward_model()
         self.add_checkpoint("sft", 0, "sft", step=0)
 
@@ -202,7 +199,7 @@ class RunDir:
         rows = []
         for f in sorted(self.path.glob("iter*/run*/metrics.jsonl"),
                         key=lambda p: (int(p.parent.parent.name[4:]), int(p.parent.name[3:]))):
-            rows += _read_jsonl(f)
+            rows += read_jsonl(f)
         _write_jsonl(self.path / "metrics.jsonl", rows)
 
     def finish(self) -> None:
