@@ -175,13 +175,13 @@ class Scorer:
 
     @property
     def rewards(self) -> dict:
+        """The run's proxy and control rewards, built by the same function the training used."""
         if self._rewards is None:
-            from rl.rewards import load_reward
+            from rl.rewards import task_rewards
 
             t = self.m.task
-            self._rewards = {"reward": load_reward(self.m.reward_model_spec(), with_prompt=t.reward_with_prompt,
-                                                   device=self.device),
-                             "control_reward": load_reward(t.control_reward, base_dir=self.m.run_dir)}
+            self._rewards = task_rewards(self.m.reward_model_spec(), t.control_reward, t.reward_with_prompt,
+                                         base_dir=self.m.run_dir, device=self.device)
         return self._rewards
 
     def liti_model(self, point: Point):
@@ -312,7 +312,7 @@ def run_eval(run_dir: str | Path, out: str | Path, etas: Sequence[float] = DEFAU
         raise HarnessError(f"{manifest.run_dir / 'manifest.json'}: task.prompts has no split {split!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    prompts = load_prompts(manifest.task.prompts[split], n_prompts)
+    prompts = load_prompts(manifest.prompt_file(split), n_prompts)
     hashes = HashIndex(out)
     cache = ResultCache(out)
     points = list_points(manifest, etas, hashes)

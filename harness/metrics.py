@@ -1,11 +1,9 @@
 """Pure metric functions: Monte Carlo KL estimators, mean ± standard error, distinct-n.
 
-KL(π‖π_sft) is estimated from completions y ~ π (the policy as sampled). Per completion,
-    k1(y) = Σ_t log π(y_t|x,y_<t) − log π_sft(y_t|x,y_<t)                (sequence log-ratio)
-    k3(y) = Σ_t (r_t − 1) − log r_t,   r_t = π_sft(y_t|·) / π(y_t|·)      (per token, summed)
-Both have expectation KL(π‖π_sft) over y ~ π (k3 per token: E_{y_t~π}[r_t − 1] = 0 exactly, so
-E[k3] = E[k1]); k1 is the paper's estimator (sum of token log-ratios) and can be negative on one
-sample, k3 is ≥ 0 per token and has lower variance when π ≈ π_sft (Schulman's "k3").
+KL(π‖π_sft) is estimated from completions y ~ π (the policy as sampled) by `kl_estimates`, the
+same function the RL loop uses for its KL penalty and metrics (it lives in `rl.sampling`): k1, the
+paper's sequence log-ratio (can be negative on one sample), and k3, ≥ 0 per token with lower
+variance when π ≈ π_sft. Both have expectation KL(π‖π_sft).
 """
 from __future__ import annotations
 
@@ -14,19 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-
-def kl_estimates(logp: torch.Tensor, logp_sft: torch.Tensor, completion_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-completion k1 and k3 KL(π‖π_sft) estimates, both [B], in nats.
-
-    logp, logp_sft: [B, L] per-token log-probabilities of the sampled tokens under π and π_sft
-    (0 off the completion); completion_mask: [B, L], 1 on completion tokens.
-    """
-    mask = completion_mask.to(logp.dtype)
-    log_ratio = (logp - logp_sft) * mask            # log π/π_sft per token
-    k1 = log_ratio.sum(-1)
-    log_r = -log_ratio                              # log r, r = π_sft/π
-    k3 = ((torch.exp(log_r) - 1.0 - log_r) * mask).sum(-1)
-    return k1, k3
+from rl.sampling import kl_estimates  # noqa: F401  (re-exported: one KL estimator)
 
 
 def mean_se(values: Sequence[float] | torch.Tensor) -> tuple[float, float]:

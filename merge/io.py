@@ -12,6 +12,7 @@ gone: only ours (that naming scheme), only from this host, and only when that pi
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import hashlib
@@ -111,15 +112,50 @@ def atomic_directory(out: str | os.PathLike, overwrite: bool = False) -> Iterato
     tmp.mkdir()
     try:
         yield tmp
-        if out.exists() or out.is_symlink():
+        if (out.exists() or out.is_symlink()) and _exchange(tmp, out):
+            _remove(tmp)                          # now holds the previous version
+        elif out.exists() or out.is_symlink():
             trash = _tmp_sibling(out, "old")
-            os.replace(out, trash)
+            os.replace(out, trash)                # a kill between these two renames leaves no `out`
             os.replace(tmp, out)
             _remove(trash)
         else:
             os.replace(tmp, out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove(tmp)
+        raise
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE): an overwrite never
+    leaves a moment without `b`. False where the system or file system cannot do it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling path for a writer (e.g. a library that writes a file itself);
+    it is renamed to `path` only if the block succeeds, removed otherwise."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(path)
+    tmp = _tmp_sibling(path, "tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
         raise
 
 

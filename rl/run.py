@@ -18,12 +18,14 @@ from typing import Callable
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from merge.errors import WarpError
 from merge.io import atomic_directory, atomic_write_json, atomic_write_text
 
 from .config import RLConfig
+from .contract import Task
 from .models import load_causal_lm, save_checkpoint
 from .reinforce import make_optimizer, reinforce_step
-from .rewards import load_reward
+from .rewards import task_rewards
 
 
 def run_path(iteration: int, run: int) -> str:
@@ -103,11 +105,23 @@ def load_state(path: Path, policy, anchor, optimizer, scheduler) -> int:
     return int(meta["step"])
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """The records of a JSON-lines file written by this package ([] when it does not exist yet)."""
+def read_jsonl(path: Path, torn_tail_ok: bool = False) -> list[dict]:
+    """The records of a JSON-lines file written by this package ([] when it does not exist yet).
+
+    `torn_tail_ok`: an append-only log (metrics.jsonl) may end in a partial line when its writer
+    was killed mid-write; that line is dropped (the step it belonged to is redone on resume)."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    out = []
+    for i, line in enumerate(lines):
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if torn_tail_ok and i == len(lines) - 1:
+                break
+            raise
+    return out
 
 
 # ---- one run ---------------------------------------------------------------------------------
@@ -122,11 +136,17 @@ def run_checkpoints(cfg: RLConfig, iteration: int, run: int) -> list[dict]:
 
 
 def train_run(cfg: RLConfig, run_dir: str | Path, iteration: int, run: int, init: str, train_prompts: list[str],
-              reward_spec: str, device: str | None = None, stop_after: int | None = None,
+              task: Task, device: str | None = None, stop_after: int | None = None,
               progress: bool = True, reward_fn: Callable | None = None) -> list[dict]:
     """θ_m ← θ_init; θ_ema ← θ_init; T REINFORCE steps (Algorithm 1's inner loop). Resumes from
-    `state/` if present; returns the run's manifest entries. `stop_after` (tests) raises after that
-    many steps of this call, simulating a kill."""
+    `state/` if present; returns the run's manifest entries.
+
+    The rewards come from `rl.rewards.task_rewards(task)`, the function the harness scores with
+    (`reward_fn` replaces the proxy reward, for tests). Parameters, Adam state and the EMA anchor are
+    float32; `cfg.dtype: bfloat16` runs the forward passes under bf16 autocast. A NaN/Inf reward,
+    loss or gradient stops the run with a NonFiniteError naming iteration, run and step (nothing of
+    that step is applied or written). `stop_after` (tests) raises after that many steps of this
+    call, simulating a kill."""
     from tqdm.auto import tqdm
 
     run_dir = Path(run_dir)
@@ -134,52 +154,69 @@ def train_run(cfg: RLConfig, run_dir: str | Path, iteration: int, run: int, init
     final, state_dir, metrics_path = base / "final", base / "state", base / "metrics.jsonl"
     entries = run_checkpoints(cfg, iteration, run)
     if final.exists():
+        shutil.rmtree(state_dir, ignore_errors=True)   # a kill after final/ was written, before this
         return entries
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     base.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device or cfg.device)
     rc, T = cfg.reinforce, cfg.warp.steps
-    policy, tok = load_causal_lm(str(run_dir / init), dtype=_dtype(cfg.dtype), device=dev)
+    amp = _dtype(cfg.dtype)
+    policy, tok = load_causal_lm(str(run_dir / init), dtype=torch.float32, device=dev)   # float32 master weights
     if rc.lora is not None:
         policy = _apply_lora(policy, cfg)
     if rc.anchor == "ema":
         anchor = copy.deepcopy(policy).eval()   # θ_ema ← θ_init: the anchor starts AT θ_init, before any step
-        sft = load_causal_lm(str(run_dir / "sft"), dtype=_dtype(cfg.dtype), device=dev)[0] if cfg.log_kl_sft else None
+        sft = load_causal_lm(str(run_dir / "sft"), dtype=torch.float32, device=dev)[0] if cfg.log_kl_sft else None
     else:
         # The paper's ablation: a fixed anchor at the SFT policy (for every iteration).
-        anchor = sft = load_causal_lm(str(run_dir / "sft"), dtype=_dtype(cfg.dtype), device=dev)[0]
+        anchor = sft = load_causal_lm(str(run_dir / "sft"), dtype=torch.float32, device=dev)[0]
     for p in anchor.parameters():
         p.requires_grad_(False)
     optimizer, scheduler = make_optimizer(policy, rc)
     done = 0
     if state_dir.exists():
         done = load_state(state_dir, policy, anchor, optimizer, scheduler)
-        atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in read_jsonl(metrics_path)
+        atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in read_jsonl(metrics_path, torn_tail_ok=True)
                                                 if m["step"] <= done))
     elif metrics_path.exists():
         metrics_path.unlink()
-    reward = reward_fn or load_reward(reward_spec, device=dev)
-    control = load_reward(cfg.control_reward) if cfg.control_reward else (lambda p, c: torch.zeros(len(c)))
+    rewards = task_rewards(task.reward_model, task.control_reward, task.reward_with_prompt, base_dir=run_dir, device=dev)
+    reward = reward_fn or rewards["reward"]
+    control = rewards["control_reward"]
+    save_dtype = _dtype(cfg.warp.storage_dtype)
     bar = tqdm(total=T, initial=done, desc=f"iter {iteration} run {run}", disable=not progress, dynamic_ncols=True)
     for t in range(done, T):
         if stop_after is not None and t - done >= stop_after:
             bar.close()
             raise KeyboardInterrupt(f"simulated kill after step {t}")
         prompts = batch_prompts(train_prompts, rc.batch_prompts, cfg.seed, iteration, run, t)
-        res = reinforce_step(policy, anchor, sft, tok, prompts, reward, control, rc, cfg.generation,
-                             optimizer, scheduler, step_seed(cfg.seed, iteration, run, t), ema_anchor=rc.anchor == "ema")
+        try:
+            res = reinforce_step(policy, anchor, sft, tok, prompts, reward, control, rc, cfg.generation, optimizer,
+                                 scheduler, step_seed(cfg.seed, iteration, run, t), ema_anchor=rc.anchor == "ema",
+                                 compute_dtype=amp)
+        except WarpError as e:   # NonFiniteError, or a merge refusing a non-finite EMA input
+            bar.close()
+            raise type(e)(f"iteration {iteration}, run {run}, step {t + 1}: {e}; the run stopped "
+                          f"(last saved state: step {done_state(state_dir)})") from None
         step = t + 1
-        record = {"iteration": iteration, "run": run, "step": step, **res.metrics, "sample": res.completions[0]}
+        record = {"iteration": iteration, "run": run, "step": step, **res.metrics,
+                  "sample_prompt": prompts[0], "sample": res.completions[0], "sample_reward": float(res.rewards[0])}
         with open(metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         bar.update(1)
         bar.set_postfix(reward=f"{record['reward']:.3f}", kl=f"{record['kl_anchor']:.2f}")
         if cfg.warp.save_every and step % cfg.warp.save_every == 0 and step < T:
-            save_checkpoint(policy, tok, base / f"step_{step:06d}", overwrite=True)
+            save_checkpoint(policy, tok, base / f"step_{step:06d}", overwrite=True, dtype=save_dtype)
         if step % cfg.warp.state_every == 0 and step < T:
             save_state(state_dir, step, policy, anchor, optimizer, scheduler)
     bar.close()
     save_checkpoint(policy, tok, final, overwrite=True)
     shutil.rmtree(state_dir, ignore_errors=True)
     return entries
+
+
+def done_state(state_dir: Path) -> int:
+    """The step of the saved state (0 when there is none)."""
+    try:
+        return int(json.loads((state_dir / "state.json").read_text())["step"])
+    except (OSError, ValueError, KeyError):
+        return 0

@@ -15,15 +15,14 @@ import torch
 
 from merge.config import from_mapping, to_mapping
 from merge.errors import WarpError
-from merge.io import atomic_directory, atomic_write_json, atomic_write_text
+from merge.io import LOCK_NAME, DirectoryLock, atomic_directory, atomic_write_text, sweep_stale
 
-from .config import RLConfig
+from .config import RLConfig, without_runtime_keys
+from .contract import MANIFEST, Checkpoint, ContractError, Manifest, Task, parse_manifest
 from .data import load_splits, prompts as make_prompts
 from .models import check_model, load_causal_lm, save_checkpoint
 from .rm import resolve_reward_spec
 from .run import read_jsonl
-
-FORMAT = 1
 
 
 class RunDirError(WarpError):
@@ -52,52 +51,86 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def _run_worker(cfg_dict: dict, run_dir: str, iteration: int, run: int, init: str, train_prompts: list[str],
-                reward_spec: str, device: str | None, progress: bool) -> list[dict]:
+                task: Task, device: str | None, progress: bool) -> list[dict]:
     """Entry point of one run in its own process (spawned): rebuild the config and train."""
     from .run import train_run
 
     cfg = from_mapping(RLConfig, cfg_dict)
-    return train_run(cfg, run_dir, iteration, run, init, train_prompts, reward_spec, device=device, progress=progress)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)   # a new process: set its thread count before any work
+    return train_run(cfg, run_dir, iteration, run, init, train_prompts, task, device=device, progress=progress)
 
 
 class RunDir:
-    def __init__(self, path: Path, cfg: RLConfig, manifest: dict) -> None:
-        self.path, self.cfg, self.manifest = path, cfg, manifest
+    """An open run directory, held by this process (one writer per directory, `merge.io.DirectoryLock`)."""
+
+    def __init__(self, path: Path, cfg: RLConfig, manifest: Manifest, lock: DirectoryLock) -> None:
+        self.path, self.cfg, self.manifest, self._lock = path, cfg, manifest, lock
 
     # -- opening ------------------------------------------------------------------------------
     @classmethod
     def open(cls, out: str | Path, cfg: RLConfig) -> "RunDir":
-        """Open (resume) or create RUN_DIR for `cfg`; another config's run dir is refused untouched."""
+        """Open (resume) or create RUN_DIR for `cfg`; another config's run dir is refused untouched.
+
+        Resuming is refused only when a key that changes the weights differs (`config.RUNTIME_KEYS`,
+        such as threads or device, may change between invocations). The directory stays locked
+        against other writers until `close()` (or process exit).
+        """
         path = Path(out).expanduser().resolve()
         config = _plain(to_mapping(cfg))
-        mpath = path / "manifest.json"
+        mpath = path / MANIFEST
+        if path.exists() and not path.is_dir():
+            raise RunDirError(f"{path} exists and is not a directory; use another --out")
         if mpath.exists():
+            lock = DirectoryLock(path, "warp run").acquire()
             try:
-                manifest = json.loads(mpath.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as e:
-                raise RunDirError(f"{mpath}: unreadable manifest ({e})") from None
-            if manifest.get("config") != config:
-                old, new = manifest.get("config") or {}, config
-                diff = _first_difference(old, new)
-                raise RunDirError(f"{path} holds a run of a different config ({diff}); use another --out")
-            return cls(path, cfg, manifest)
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+                try:
+                    manifest = parse_manifest(json.loads(mpath.read_text(encoding="utf-8")), str(mpath))
+                except (OSError, UnicodeDecodeError, ValueError) as e:
+                    raise RunDirError(f"{mpath}: unreadable manifest ({e}); use another --out") from None
+                except ContractError as e:
+                    raise RunDirError(f"{e}; use another --out") from None
+                old, new = without_runtime_keys(manifest.config), without_runtime_keys(config)
+                if old != new:
+                    raise RunDirError(f"{path} holds a run of a different config ({_first_difference(old, new)}); "
+                                      "use another --out")
+                sweep_stale(path)
+            except BaseException:
+                lock.release()
+                raise
+            manifest.run_dir = path
+            rd = cls(path, cfg, manifest, lock)
+            if manifest.config != config:            # only runtime keys differ: record this invocation's
+                manifest.config = config
+                rd._write_manifest()
+            return rd
+        if path.exists() and any(p.name != LOCK_NAME for p in path.iterdir()):
             raise RunDirError(f"{path} exists and is not a warp run directory (no manifest.json); use another --out")
         # Check every input before the directory exists, so bad input leaves nothing behind.
         check_model(cfg.policy)
         splits = load_splits(cfg.data)
-        task = {
-            "prompts": {"validation": "prompts/validation.jsonl", "test": "prompts/test.jsonl"},
-            "reward_model": resolve_reward_spec(cfg.reward_model),
-            "reward_with_prompt": cfg.reward_with_prompt,
-            "control_reward": cfg.control_reward,
-            "generation": _plain(to_mapping(cfg.generation)),
-        }
+        task = Task(prompts={"validation": "prompts/validation.jsonl", "test": "prompts/test.jsonl"},
+                    reward_model=resolve_reward_spec(cfg.reward_model), reward_with_prompt=cfg.reward_with_prompt,
+                    control_reward=cfg.control_reward, generation=cfg.generation)
         path.mkdir(parents=True, exist_ok=True)
-        rd = cls(path, cfg, {"format": FORMAT, "config": config, "task": task, "complete": False, "checkpoints": []})
+        lock = DirectoryLock(path, "warp run").acquire()
+        if mpath.exists():   # another process created it between our check and our lock
+            lock.release()
+            raise RunDirError(f"{path} was created by another warp run meanwhile; re-run to resume it")
+        rd = cls(path, cfg, Manifest(task=task, config=config, complete=False, run_dir=path), lock)
         rd._splits = splits
         rd._write_manifest()
         return rd
+
+    def close(self) -> None:
+        """Release the directory (the lock); the object must not be used afterwards."""
+        self._lock.release()
+
+    def __enter__(self) -> "RunDir":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # -- preparing ----------------------------------------------------------------------------
     def prepare(self, progress: bool = True) -> None:
@@ -120,17 +153,15 @@ class RunDir:
     def _own_reward_model(self) -> None:
         """Copy a local reward-model directory into RUN_DIR/reward_model (≈90 MB for MiniLM), so the
         run directory is self-contained for the harness; the manifest then names it relatively."""
-        spec = self.manifest["task"]["reward_model"]
+        spec = self.manifest.task.reward_model
         src = Path(spec)
         if src.is_absolute() and src.is_dir():
             dest = self.path / "reward_model"
             if not dest.exists():
                 with atomic_directory(dest) as tmp:
                     shutil.copytree(src, tmp, dirs_exist_ok=True)
-            self.manifest["task"]["reward_model"] = spec = "reward_model"
+            self.manifest.task.reward_model = "reward_model"
             self._write_manifest()
-        local = self.path / spec
-        self.reward_spec = str(local) if spec != "vader" and local.is_dir() else spec
 
     # -- runs ---------------------------------------------------------------------------------
     def train_runs(self, iteration: int, init: str, train_run, progress: bool = True, **kwargs) -> list[str]:
@@ -148,14 +179,14 @@ class RunDir:
             devices = [f"cuda:{(m - 1) % n_gpu}" if n_gpu else None for m in range(1, M + 1)]
             with ProcessPoolExecutor(max_workers=min(M, max(n_gpu, 1) if n_gpu else M),
                                      mp_context=mp.get_context("spawn")) as pool:
-                futures = [pool.submit(_run_worker, self.manifest["config"], str(self.path), iteration, m, init,
-                                       self.train_prompts, self.reward_spec, devices[m - 1], progress)
+                futures = [pool.submit(_run_worker, self.manifest.config, str(self.path), iteration, m, init,
+                                       self.train_prompts, self.manifest.task, devices[m - 1], progress)
                            for m in range(1, M + 1)]
                 results = [f.result() for f in futures]
         else:
             results = []
             for m in range(1, M + 1):
-                results.append(train_run(cfg, self.path, iteration, m, init, self.train_prompts, self.reward_spec,
+                results.append(train_run(cfg, self.path, iteration, m, init, self.train_prompts, self.manifest.task,
                                          progress=progress, **kwargs))
                 gc.collect()   # free run m's policy, anchor and optimizer before run m+1 loads its own
                 self._collect_metrics()
@@ -185,14 +216,11 @@ class RunDir:
     def add_checkpoint(self, rel: str, iteration: int, role: str, run: int | None = None, step: int | None = None) -> None:
         if step is None:
             step = self.cfg.warp.steps   # slerp/liti: the run length T they merge (as the runs' finals)
-        entry = {"path": rel, "iteration": iteration, "run": run, "role": role, "step": step}
-        cks = self.manifest["checkpoints"]
-        if entry not in cks:
-            cks[:] = [c for c in cks if c["path"] != rel] + [entry]
+        if self.manifest.add(Checkpoint(rel, iteration, run, role, step)):
             self._write_manifest()
 
     def _write_manifest(self) -> None:
-        atomic_write_json(self.path / "manifest.json", self.manifest)
+        self.manifest.write(self.path)
 
     def _collect_metrics(self) -> None:
         """RUN_DIR/metrics.jsonl = every run's per-step metrics, in (iteration, run, step) order."""
@@ -205,7 +233,7 @@ class RunDir:
     def finish(self) -> None:
         """All iterations done: metrics gathered, and the manifest marked complete for the harness."""
         self._collect_metrics()
-        self.manifest["complete"] = True
+        self.manifest.complete = True
         self._write_manifest()
 
 

@@ -1,9 +1,11 @@
 """Sampling completions and scoring their tokens: the one implementation shared by the RL loop
 (rewards, KL to the anchor, policy gradient) and the harness (KL to SFT, rewards, preferences).
 
-Prompts are left-padded; a completion runs up to and including its first EOS. Log-probabilities
-are of the untempered policy (temperature 1): the paper's KL and policy gradient are on π_θ itself;
-the temperature only shapes sampling.
+Prompts are left-padded; a completion runs up to and including its first EOS. One temperature
+story: completions are sampled from π^T (logits / T), and the log-probabilities that feed the
+policy gradient, the KL penalty, the RL metrics and the harness's KL are all of π^T
+(`token_logprobs(..., temperature=T)`), so every KL in the project is KL(π^T‖π_ref^T) between the
+distributions the samples actually come from. top_p < 1 truncation is not modelled in the log-probs.
 """
 from __future__ import annotations
 
@@ -92,9 +94,9 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                    completion_mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """log π(y_t | x, y_<t) for every completion token, 0 elsewhere: [B, P + C] (float32).
 
-    `temperature` T ≠ 1 gives the log-probs of the tempered policy π^T (logits / T), the one the
-    completions were sampled from (the harness's KL); RL uses T = 1. Differentiable when called
-    with grad enabled (the policy-gradient pass).
+    `temperature` T gives the log-probs of the tempered policy π^T (logits / T), the one the
+    completions were sampled from; both the RL loop and the harness pass the sampling temperature.
+    Differentiable when called with grad enabled (the policy-gradient pass).
     """
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
@@ -108,6 +110,20 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     return out
 
 
-def sequence_logprobs(model, samples: Samples) -> torch.Tensor:
-    """Σ_t log π(y_t | x, y_<t) over each completion: [B]."""
-    return token_logprobs(model, samples.input_ids, samples.attention_mask, samples.completion_mask).sum(-1)
+def kl_estimates(logp: torch.Tensor, logp_ref: torch.Tensor, completion_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-completion Monte Carlo estimates of KL(π‖π_ref) from completions y ~ π, both [B], nats.
+
+    logp, logp_ref: [B, L] per-token log-probabilities of the sampled tokens under π and π_ref, at
+    the sampling temperature (`token_logprobs(..., temperature=T)`; 0 off the completion);
+    completion_mask: [B, L], 1 on completion tokens. Per completion,
+        k1(y) = Σ_t log π(y_t|·) − log π_ref(y_t|·)                 (the paper's sequence log-ratio)
+        k3(y) = Σ_t (ρ_t − 1) − log ρ_t,   ρ_t = π_ref(y_t|·) / π(y_t|·)   (Schulman's k3, ≥ 0 per token)
+    Both have expectation KL(π‖π_ref) over y ~ π. The RL loop's KL penalty and metrics and the
+    harness's KL column all come from this one function.
+    """
+    mask = completion_mask.to(logp.dtype)
+    log_ratio = (logp - logp_ref) * mask            # log π/π_ref per token
+    k1 = log_ratio.sum(-1)
+    log_rho = -log_ratio
+    k3 = ((torch.exp(log_rho) - 1.0 - log_rho) * mask).sum(-1)
+    return k1, k3

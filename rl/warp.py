@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 import merge
 
 from .config import RLConfig
@@ -20,18 +22,20 @@ from .run import train_run
 
 
 def warp(cfg: RLConfig, out: str | Path, progress: bool = True, **run_kwargs) -> Path:
-    rd = RunDir.open(out, cfg)   # checks inputs; refuses another config's run dir; manifest + reward model
-    rd.prepare(progress=progress)                      # sft checkpoint, prompt files
-    init = "sft"                                       # θ_init ← θ_sft
-    for i in range(1, cfg.warp.iterations + 1):
-        runs = rd.train_runs(i, init, train_run, progress=progress, **run_kwargs)   # θ_1..θ_M
-        if not cfg.warp.merge:                         # plain REINFORCE baseline: no merging
-            break
-        lam, eta = cfg.warp.lam, cfg.warp.eta
-        slerp = rd.merged(f"iter{i}/slerp", i, "slerp", like=init,           # SLERP of the task vectors θ_m − θ_init
-                          compute=lambda: merge.slerp(rd.weights(init), [rd.weights(r) for r in runs], lam))
-        liti = rd.merged(f"iter{i}/liti", i, "liti", like=init,              # (1−η)·θ_init + η·θ_slerp
-                         compute=lambda: merge.liti(rd.weights(init), rd.weights(slerp), eta))
-        init = liti                                                          # θ_init for the next iteration
-    rd.finish()
-    return rd.path
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)   # once, before any work: a resumed process merges like the first
+    with RunDir.open(out, cfg) as rd:   # checks inputs; refuses another config's run dir; locks it
+        rd.prepare(progress=progress)                      # sft checkpoint, prompt files, reward model
+        init = "sft"                                       # θ_init ← θ_sft
+        for i in range(1, cfg.warp.iterations + 1):
+            runs = rd.train_runs(i, init, train_run, progress=progress, **run_kwargs)   # θ_1..θ_M
+            if not cfg.warp.merge:                         # plain REINFORCE baseline: no merging
+                break
+            lam, eta = cfg.warp.lam, cfg.warp.eta
+            slerp = rd.merged(f"iter{i}/slerp", i, "slerp", like=init,           # SLERP of the task vectors θ_m − θ_init
+                              compute=lambda: merge.slerp(rd.weights(init), [rd.weights(r) for r in runs], lam))
+            liti = rd.merged(f"iter{i}/liti", i, "liti", like=init,              # (1−η)·θ_init + η·θ_slerp
+                             compute=lambda: merge.liti(rd.weights(init), rd.weights(slerp), eta))
+            init = liti                                                          # θ_init for the next iteration
+        rd.finish()
+        return rd.path

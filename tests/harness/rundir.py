@@ -1,4 +1,4 @@
-"""A synthetic run directory per the run-directory contract, built from tiny models in code."""
+"""A synthetic run directory per the run-directory contract (`rl.contract`), built from tiny models in code."""
 from __future__ import annotations
 
 import json
@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from rl.config import GenerationConfig
+from rl.contract import Checkpoint, Manifest, Task
 from tests.tiny import save, tiny_causal_lm, tiny_classifier
 
 PROMPTS = ["the movie was", "i think", "what a day", "my friend said", "this is", "today we", "oh no", "great"]
@@ -44,13 +46,11 @@ def build_run_dir(root: Path, iterations: int = 1, runs: int = 2, steps=(10, 20)
     for split in ("validation", "test"):
         (root / "prompts" / f"{split}.jsonl").write_text(
             "".join(json.dumps({"id": f"{split}-{k}", "prompt": p}) + "\n" for k, p in enumerate(PROMPTS)))
-    manifest = {
-        "format": 1,
-        "config": {"iterations": iterations, "runs": runs, "beta": 0.1, "mu": 0.01, "eta": 0.3},
-        "task": {"prompts": {"validation": "prompts/validation.jsonl", "test": "prompts/test.jsonl"},
-                 "reward_model": "rm", "reward_with_prompt": False, "control_reward": "vader",
-                 "generation": {"max_new_tokens": max_new_tokens, "temperature": 0.9, "top_p": 1.0, "chat_template": False}},
-        "checkpoints": cps,
-    }
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    Manifest(
+        task=Task(prompts={"validation": "prompts/validation.jsonl", "test": "prompts/test.jsonl"}, reward_model="rm",
+                  generation=GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.9)),
+        config={"iterations": iterations, "runs": runs, "beta": 0.1, "mu": 0.01, "eta": 0.3},
+        checkpoints=[Checkpoint(c["path"], c["iteration"], c["run"], c["role"], c["step"]) for c in cps],
+        complete=True,
+    ).write(root)
     return root

@@ -24,7 +24,7 @@ def test_reads_the_contract(run_dir):
     assert m.task.generation.max_new_tokens == 6 and m.task.generation.temperature == 0.9
     assert m.reward_model_spec() == str((run_dir / "rm").resolve())
     assert m.config["beta"] == 0.1
-    prompts = load_prompts(m.task.prompts["test"], 3)
+    prompts = load_prompts(m.prompt_file("test"), 3)
     assert [p["id"] for p in prompts] == ["test-0", "test-1", "test-2"]
 
 
@@ -39,7 +39,7 @@ def edit(run_dir, tmp_path, fn):
 
 @pytest.mark.parametrize("mutate, message", [
     (lambda d, p: d.pop("task"), "missing key 'task'"),
-    (lambda d, p: d.update(format=2), "unsupported manifest format 2"),
+    (lambda d, p: d.update(format=99), "unsupported manifest format 99"),
     (lambda d, p: d["checkpoints"][1].update(role="weird"), "checkpoints[1].role"),
     (lambda d, p: d["checkpoints"][1].update(iteration="one"), "checkpoints[1].iteration: expected int"),
     (lambda d, p: shutil.rmtree(p / "iter1" / "slerp"), "iter1/slerp does not exist"),
