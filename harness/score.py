@@ -78,6 +78,17 @@ class PointScore:
 
 
 @torch.no_grad()
+def kl_on_samples(model, sft_model, samples, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-completion k1 and k3 estimates of KL(π^T‖π_sft^T) on completions sampled from π^T: the
+    tempered log-probs of both models (`token_logprobs`) fed to the one estimator `kl_estimates`
+    that the RL loop also uses, so a checkpoint's training-time KL and its harness KL agree."""
+    s = samples
+    lp = token_logprobs(model, s.input_ids, s.attention_mask, s.completion_mask, temperature=temperature)
+    lp_sft = token_logprobs(sft_model, s.input_ids, s.attention_mask, s.completion_mask, temperature=temperature)
+    return kl_estimates(lp, lp_sft, s.completion_mask)
+
+
+@torch.no_grad()
 def score_policy(model, tokenizer, sft_model, prompts: Sequence[dict], rewards: Mapping[str, object],
                  generation: Generation, seed: int = 0, batch_size: int = 16, desc: str = "score") -> PointScore:
     """Sample one completion per prompt and score it.
@@ -97,9 +108,7 @@ def score_policy(model, tokenizer, sft_model, prompts: Sequence[dict], rewards: 
         s = sample(model, tokenizer, texts, max_new_tokens=generation.max_new_tokens, temperature=T,
                    top_p=generation.top_p, seed=seed + b, chat_template=generation.chat_template)
         if sft_model is not None:
-            lp = token_logprobs(model, s.input_ids, s.attention_mask, s.completion_mask, temperature=T)
-            lp_sft = token_logprobs(sft_model, s.input_ids, s.attention_mask, s.completion_mask, temperature=T)
-            k1, k3 = kl_estimates(lp, lp_sft, s.completion_mask)
+            k1, k3 = kl_on_samples(model, sft_model, s, T)
         else:
             k1 = k3 = torch.full((len(chunk),), float("nan"))
         scores = {name: rm(texts, s.completions).float().cpu() for name, rm in rewards.items()}

@@ -152,8 +152,11 @@ def _get(obj: dict, key: str, types: type | tuple, where: str, default: Any = ..
     return value
 
 
-def parse_manifest(data: Any, where: str = MANIFEST) -> Manifest:
-    """Validate a manifest's JSON form (no file-system checks); ContractError names the key."""
+def parse_manifest(data: Any, where: str = MANIFEST, complete_sft: bool = True) -> Manifest:
+    """Validate a manifest's JSON form (no file-system checks); ContractError names the key.
+
+    `complete_sft=False` (the writer resuming its own directory) accepts a manifest written before
+    the sft checkpoint was added; readers need exactly one."""
     if not isinstance(data, dict):
         raise ContractError(f"{where}: expected a JSON object")
     fmt = _get(data, "format", int, where)
@@ -189,7 +192,7 @@ def parse_manifest(data: Any, where: str = MANIFEST) -> Manifest:
             raise ContractError(f"{cw}.run: a role 'run' checkpoint needs a run number")
         cps.append(Checkpoint(_get(c, "path", str, cw), _get(c, "iteration", int, cw), run, role, _get(c, "step", int, cw, 0)))
     n_sft = sum(c.role == "sft" for c in cps)
-    if n_sft != 1:
+    if n_sft > 1 or (n_sft == 0 and complete_sft):
         raise ContractError(f"{where}.checkpoints: expected exactly one role 'sft' checkpoint, found {n_sft}")
     return Manifest(task=task, config=config, checkpoints=cps, complete=_get(data, "complete", bool, where, True),
                     format=fmt)

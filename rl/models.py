@@ -184,14 +184,18 @@ def load_classifier(spec: str, num_labels: int | None = None, id2label: dict | N
                                                                    trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError) as e:
         raise _unknown(spec, e) from None
-    return model, load_tokenizer(spec, trust_remote_code)
+    tok = load_tokenizer(spec, trust_remote_code)
+    # Right padding: a text's score must not depend on the batch it is scored in (an encoder with
+    # absolute positions sees left padding as shifted positions).
+    tok.padding_side = "right"
+    return model, tok
 
 
-def check_finite_weights(model, what: str = "checkpoint") -> None:
-    """ModelError naming the first floating tensor with a NaN/Inf value (no non-finite checkpoint is written)."""
+def check_finite_weights(model, what: str) -> None:
+    """ModelError naming the first floating tensor of `model` with a NaN/Inf value."""
     for name, t in model.state_dict().items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise ModelError(f"refusing to write {what}: tensor {name!r} has NaN/Inf values")
+            raise ModelError(f"{what}: tensor {name!r} has NaN/Inf values")
 
 
 def write_checkpoint(model, tokenizer, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
@@ -200,7 +204,7 @@ def write_checkpoint(model, tokenizer, path: str | os.PathLike, dtype: torch.dty
     stores the weights in another floating dtype (a copy is cast; the model is untouched)."""
     import copy
 
-    check_finite_weights(model, f"a checkpoint to {path}")
+    check_finite_weights(model, f"refusing to write a checkpoint to {path}")
     if hasattr(model, "merge_and_unload") and hasattr(model, "peft_config"):
         # LoRA: save the dense model, W + B·A·scale, never the factors.
         model = copy.deepcopy(model).merge_and_unload()

@@ -122,7 +122,9 @@ def reinforce_step(policy, anchor, sft, tokenizer, prompts: Sequence[str], rewar
     rows = [p for p in prompts for _ in range(k)]
     device = next(policy.parameters()).device
     amp = compute_context(device, compute_dtype)
-    policy.eval()
+    for m in (policy, anchor, sft):
+        if m is not None:
+            m.eval()
     t0 = time.perf_counter()
     with amp:
         s = sample(policy, tokenizer, rows, max_new_tokens=gen.max_new_tokens, temperature=T,

@@ -23,7 +23,7 @@ from merge.io import atomic_directory, atomic_write_json, atomic_write_text
 
 from .config import RLConfig
 from .contract import Task
-from .models import load_causal_lm, save_checkpoint
+from .models import check_finite_weights, load_causal_lm, save_checkpoint
 from .reinforce import make_optimizer, reinforce_step
 from .rewards import task_rewards
 
@@ -161,6 +161,7 @@ def train_run(cfg: RLConfig, run_dir: str | Path, iteration: int, run: int, init
     rc, T = cfg.reinforce, cfg.warp.steps
     amp = _dtype(cfg.dtype)
     policy, tok = load_causal_lm(str(run_dir / init), dtype=torch.float32, device=dev)   # float32 master weights
+    check_finite_weights(policy, f"iteration {iteration}, run {run}: θ_init {init}")
     if rc.lora is not None:
         policy = _apply_lora(policy, cfg)
     if rc.anchor == "ema":

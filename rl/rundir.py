@@ -85,7 +85,7 @@ class RunDir:
             lock = DirectoryLock(path, "warp run").acquire()
             try:
                 try:
-                    manifest = parse_manifest(json.loads(mpath.read_text(encoding="utf-8")), str(mpath))
+                    manifest = parse_manifest(json.loads(mpath.read_text(encoding="utf-8")), str(mpath), complete_sft=False)
                 except (OSError, UnicodeDecodeError, ValueError) as e:
                     raise RunDirError(f"{mpath}: unreadable manifest ({e}); use another --out") from None
                 except ContractError as e:
