@@ -204,6 +204,7 @@ def write_checkpoint(model, tokenizer, path: str | os.PathLike, dtype: torch.dty
     stores the weights in another floating dtype (a copy is cast; the model is untouched)."""
     import copy
 
+    _quiet()
     check_finite_weights(model, f"refusing to write a checkpoint to {path}")
     if hasattr(model, "merge_and_unload") and hasattr(model, "peft_config"):
         # LoRA: save the dense model, W + B·A·scale, never the factors.

@@ -219,6 +219,10 @@ def test_non_finite_gradient_is_not_applied():
     rc_none = ReinforceConfig(lr=1e-3, warmup_steps=0, baseline="none")
     with pytest.raises(NonFiniteError, match="loss|gradient"):
         reinforce_step(model, copy.deepcopy(model), None, tok, ["ab", "cd"], huge, ZERO, rc_none, gen, opt, sched, seed=0)
+    hook = model.lm_head.weight.register_hook(lambda g: g * float("inf"))   # finite loss, infinite gradient
+    with pytest.raises(NonFiniteError, match="gradient norm"):
+        reinforce_step(model, copy.deepcopy(model), None, tok, ["ab", "cd"], FRACTION_A, ZERO, rc, gen, opt, sched, seed=0)
+    hook.remove()
     after = model.state_dict()
     assert all(torch.equal(after[k], before[k]) for k in before)
 
