@@ -198,14 +198,16 @@ def check_finite_weights(model, what: str) -> None:
             raise ModelError(f"{what}: tensor {name!r} has NaN/Inf values")
 
 
-def write_checkpoint(model, tokenizer, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+def write_checkpoint(model, tokenizer, path: str | os.PathLike, dtype: torch.dtype | None = None,
+                     name: str | os.PathLike | None = None) -> None:
     """Write an HF directory (safetensors only + tokenizer) into `path`, which the caller makes
     atomic (`save_checkpoint`, or a larger `atomic_directory` holding several files). `dtype`
-    stores the weights in another floating dtype (a copy is cast; the model is untouched)."""
+    stores the weights in another floating dtype (a copy is cast; the model is untouched). `name`:
+    the final path, for messages (`path` may be a temporary)."""
     import copy
 
     _quiet()
-    check_finite_weights(model, f"refusing to write a checkpoint to {path}")
+    check_finite_weights(model, f"refusing to write a checkpoint to {name or path}")
     if hasattr(model, "merge_and_unload") and hasattr(model, "peft_config"):
         # LoRA: save the dense model, W + B·A·scale, never the factors.
         model = copy.deepcopy(model).merge_and_unload()
@@ -225,5 +227,5 @@ def save_checkpoint(model, tokenizer, out: str | os.PathLike, overwrite: bool = 
     (ModelError) before anything is written.
     """
     with atomic_directory(out, overwrite=overwrite) as tmp:
-        write_checkpoint(model, tokenizer, tmp, dtype=dtype)
+        write_checkpoint(model, tokenizer, tmp, dtype=dtype, name=out)
     return Path(out)

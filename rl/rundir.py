@@ -64,8 +64,9 @@ def _run_worker(cfg_dict: dict, run_dir: str, iteration: int, run: int, init: st
 class RunDir:
     """An open run directory, held by this process (one writer per directory, `merge.io.DirectoryLock`)."""
 
-    def __init__(self, path: Path, cfg: RLConfig, manifest: Manifest, lock: DirectoryLock) -> None:
+    def __init__(self, path: Path, cfg: RLConfig, manifest: Manifest, lock: DirectoryLock, created: bool = False) -> None:
         self.path, self.cfg, self.manifest, self._lock = path, cfg, manifest, lock
+        self.created = created          # this invocation made the directory (nothing of value in it yet)
 
     # -- opening ------------------------------------------------------------------------------
     @classmethod
@@ -117,10 +118,16 @@ class RunDir:
         if mpath.exists():   # another process created it between our check and our lock
             lock.release()
             raise RunDirError(f"{path} was created by another warp run meanwhile; re-run to resume it")
-        rd = cls(path, cfg, Manifest(task=task, config=config, complete=False, run_dir=path), lock)
+        rd = cls(path, cfg, Manifest(task=task, config=config, complete=False, run_dir=path), lock, created=True)
         rd._splits = splits
         rd._write_manifest()
         return rd
+
+    def discard(self) -> None:
+        """Remove a directory this invocation created, when preparing it found bad input (e.g. a
+        policy with NaN weights): a failed start leaves nothing behind."""
+        if self.created:
+            shutil.rmtree(self.path, ignore_errors=True)
 
     def close(self) -> None:
         """Release the directory (the lock); the object must not be used afterwards."""

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 import merge
+from merge.errors import WarpError
 
 from .config import RLConfig
 from .rundir import RunDir
@@ -25,7 +26,11 @@ def warp(cfg: RLConfig, out: str | Path, progress: bool = True, **run_kwargs) ->
     if cfg.threads:
         torch.set_num_threads(cfg.threads)   # once, before any work: a resumed process merges like the first
     with RunDir.open(out, cfg) as rd:   # checks inputs; refuses another config's run dir; locks it
-        rd.prepare(progress=progress)                      # sft checkpoint, prompt files, reward model
+        try:
+            rd.prepare(progress=progress)                  # sft checkpoint, prompt files, reward model
+        except WarpError:
+            rd.discard()                                   # bad input found while preparing: leave nothing
+            raise
         init = "sft"                                       # θ_init ← θ_sft
         for i in range(1, cfg.warp.iterations + 1):
             runs = rd.train_runs(i, init, train_run, progress=progress, **run_kwargs)   # θ_1..θ_M
