@@ -25,6 +25,7 @@ from merge.io import atomic_directory, atomic_write_json
 from .data import DataConfig, Example, labelled, load_splits
 from .models import cache_root, load_classifier, write_checkpoint
 from .rewards import RewardError, positive_label_index
+from .stats import paired_difference
 
 LABELS = {0: "negative", 1: "positive"}
 
@@ -158,7 +159,7 @@ def warm(cfg: RewardTrainConfig, seeds: Sequence[int], out: str | Path, overwrit
     out, train, held = _prepare(cfg, out, overwrite)
     labels = [e.label for e in held]
     report = {"members": list(seeds), "n_train": len(train), "n_held_out": len(held), "config": to_mapping(cfg), "noise": {}}
-    saved = None
+    saved, predictions = None, {}
     for noise in [0.0] + [p for p in cfg.label_noise if p > 0]:
         data = flip_labels(train, noise, seed=12345) if noise else list(train)
         members = [train_classifier(cfg, data, s, progress) for s in seeds]
@@ -167,11 +168,14 @@ def warm(cfg: RewardTrainConfig, seeds: Sequence[int], out: str | Path, overwrit
         warm_model, _ = init_classifier(cfg)
         warm_model.load_state_dict(merge.average([m.state_dict() for m, _ in members]))
         warm_model.eval()
-        row = {"members": [accuracy(p, labels) for p in probs],
-               "ensemble": accuracy(torch.stack(probs).mean(0), labels),
-               "warm": accuracy(_score(warm_model, tok, held, cfg), labels)}
+        ens_probs, warm_probs = torch.stack(probs).mean(0), _score(warm_model, tok, held, cfg)
+        row = {"members": [accuracy(p, labels) for p in probs], "ensemble": accuracy(ens_probs, labels),
+               "warm": accuracy(warm_probs, labels)}
         row["member_mean"] = sum(row["members"]) / len(row["members"])
+        row["paired"] = paired_accuracy_differences(warm_probs, ens_probs, probs, labels)
         report["noise"][str(noise)] = row
+        predictions[str(noise)] = {"warm": warm_probs.tolist(), "ensemble": ens_probs.tolist(),
+                                   **{f"member_seed{s}": p.tolist() for s, p in zip(seeds, probs)}}
         if noise == 0.0:
             saved = (warm_model, tok, members)
     warm_model, tok, members = saved
@@ -181,7 +185,24 @@ def warm(cfg: RewardTrainConfig, seeds: Sequence[int], out: str | Path, overwrit
         for s, (m, t) in zip(seeds, members):
             write_checkpoint(m, t, tmp / "members" / f"seed{s}")
         atomic_write_json(tmp / "rm_metrics.json", report)
+        atomic_write_json(tmp / "held_out_predictions.json",
+                          {"ids": [e.id for e in held], "labels": labels, "p_positive": predictions})
     return report
+
+
+def paired_accuracy_differences(warm_probs: torch.Tensor, ens_probs: torch.Tensor, member_probs: Sequence[torch.Tensor],
+                                labels: Sequence[int]) -> dict:
+    """Per-example correctness differences on the same held-out examples, each with a bootstrap 95%
+    interval over examples: WARM − mean member, WARM − ensemble, WARM − each member."""
+    y = torch.tensor(list(labels))
+    correct = lambda p: ((p > 0.5).long() == y).double().numpy()  # noqa: E731
+    w = correct(warm_probs)
+    members = [correct(p) for p in member_probs]
+    out = {"warm_minus_member_mean": paired_difference(w, sum(members) / len(members)),
+           "warm_minus_ensemble": paired_difference(w, correct(ens_probs))}
+    for i, m in enumerate(members):
+        out[f"warm_minus_member{i}"] = paired_difference(w, m)
+    return out
 
 
 # ---- rm:<name> specs ---------------------------------------------------------------------------

@@ -50,16 +50,31 @@ def test_warmup_is_linear_then_constant():
     assert warmup_lambda(0)(0) == 1.0
 
 
-def test_kl_is_zero_when_policy_equals_anchor():
-    model, tok = tiny_causal_lm(0)
-    s = sample(model, tok, ["ab", "hello"], max_new_tokens=5, seed=0)
-    a = token_logprobs(model, s.input_ids, s.attention_mask, s.completion_mask)
-    b = token_logprobs(copy.deepcopy(model), s.input_ids, s.attention_mask, s.completion_mask)
-    assert torch.equal(a, b)
-    rc, gen = ReinforceConfig(lr=1e-3, warmup_steps=0), GenerationConfig(max_new_tokens=5)
-    opt, sched = make_optimizer(model, rc)
-    res = reinforce_step(model, copy.deepcopy(model), None, tok, ["ab", "cd"], FRACTION_A, ZERO, rc, gen, opt, sched, seed=1)
-    assert res.metrics["kl_anchor"] == 0.0
+def test_kl_penalty_and_r_beta_match_an_independent_computation():
+    """kl_anchor and r_β from a step equal a plain forward of the pre-update policy and anchor at the
+    sampling temperature: Σ_t [log softmax(z/T)_θ − log softmax(z/T)_anchor] over completion tokens."""
+    from tests.harness.rundir import perturbed
+
+    anchor, tok = tiny_causal_lm(0)
+    policy = perturbed(copy.deepcopy(anchor), 0.05, seed=1)
+    before = copy.deepcopy(policy)
+    T, beta = 0.8, 0.3
+    rc, gen = ReinforceConfig(lr=1e-3, warmup_steps=0, beta=beta), GenerationConfig(max_new_tokens=5, temperature=T)
+    opt, sched = make_optimizer(policy, rc)
+    res = reinforce_step(policy, anchor, None, tok, ["ab", "hello"], FRACTION_A, ZERO, rc, gen, opt, sched, seed=1,
+                         ema_anchor=False)
+    s = res.samples
+    with torch.no_grad():
+        def seq_logp(m):
+            pos = (s.attention_mask.cumsum(-1) - 1).clamp(min=0)
+            z = m(input_ids=s.input_ids, attention_mask=s.attention_mask, position_ids=pos).logits[:, :-1].double() / T
+            lp = torch.log_softmax(z, -1).gather(-1, s.input_ids[:, 1:, None])[..., 0]
+            return (lp * s.completion_mask[:, 1:]).sum(-1)
+        kl = seq_logp(before) - seq_logp(anchor)
+    assert abs(kl.mean().item()) > 1e-3                       # the policy differs from the anchor
+    assert res.metrics["kl_anchor"] == pytest.approx(kl.mean().item(), abs=1e-4)
+    reward = FRACTION_A(["ab", "hello"], s.completions)
+    assert res.metrics["r_beta"] == pytest.approx((reward.double() - beta * kl).mean().item(), abs=1e-4)
 
 
 def test_ema_anchor_starts_at_init_and_follows_mu():

@@ -63,6 +63,23 @@ def test_warm_averages_members_and_compares(rm_config, tmp_path):
         if v.is_floating_point():
             torch.testing.assert_close(v, (members[0][k] + members[1][k]) / 2)
     assert json.loads((tmp_path / "warm" / "rm_metrics.json").read_text())["held_out_accuracy"] == report["noise"]["0.0"]["warm"]
+    # every reported accuracy and paired difference, recomputed independently from the saved models
+    _, held = rm_datasets(rm_config)
+    y = torch.tensor([e.label for e in held])
+    score = lambda d: ClassifierReward(d, max_length=rm_config.max_length)([""] * len(held), [e.text for e in held])  # noqa: E731
+    p_members = [score(tmp_path / "warm" / "members" / f"seed{s}") for s in (0, 1)]
+    p_warm = score(tmp_path / "warm")
+    acc = lambda p: float(((p > 0.5).long() == y).float().mean())  # noqa: E731
+    row = report["noise"]["0.0"]
+    assert row["members"] == pytest.approx([acc(p) for p in p_members], abs=1e-9)
+    assert row["ensemble"] == pytest.approx(acc((p_members[0] + p_members[1]) / 2), abs=1e-9)
+    assert row["warm"] == pytest.approx(acc(p_warm), abs=1e-9)
+    diff = row["paired"]["warm_minus_member_mean"]
+    assert diff["estimate"] == pytest.approx(row["warm"] - row["member_mean"], abs=1e-9) and diff["n"] == len(held)
+    assert diff["ci_low"] <= diff["estimate"] <= diff["ci_high"]
+    preds = json.loads((tmp_path / "warm" / "held_out_predictions.json").read_text())
+    assert preds["p_positive"]["0.0"]["warm"] == pytest.approx(p_warm.tolist(), abs=1e-6)
+    assert preds["p_positive"]["0.0"]["ensemble"] == pytest.approx(((p_members[0] + p_members[1]) / 2).tolist(), abs=1e-6)
 
 
 def test_rm_spec_trains_once_and_is_cached(monkeypatch, tmp_path, rm_config):
