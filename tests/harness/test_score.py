@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from harness.manifest import Generation
-from harness.metrics import distinct_n, kl_estimates, mean_se, pareto_front
+from harness.metrics import distinct_n, kl_estimates, mean_se
 from harness.score import checkpoint_hash, liti_hash, score_policy, summarize
 from tests.harness.rundir import perturbed
 from tests.tiny import save, tiny_causal_lm
@@ -107,11 +107,6 @@ def test_mean_se_and_distinct_n():
     assert distinct_n(["a b a b", "a c"], 1) == pytest.approx(3 / 6)
     assert distinct_n(["a b a b", "a c"], 2) == pytest.approx(3 / 4)  # ab, ba, ab, ac -> 3 unique / 4
     assert math.isnan(distinct_n(["a"], 2))
-
-
-def test_pareto_front():
-    assert pareto_front([0, 1, 2, 1.5], [0.5, 0.7, 0.8, 0.6]) == [True, True, True, False]
-    assert pareto_front([0, float("nan")], [0.5, 0.9]) == [True, False]
 
 
 def test_summarize_and_rewards_in_records():
