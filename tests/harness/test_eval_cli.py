@@ -92,6 +92,7 @@ def test_eval_report_leaderboard_end_to_end(run_dir, tmp_path, capsys):
     assert len(kl) == 1 and kl.value.iloc[0] == pytest.approx(m["kl"])
     md = (rep / "report.md").read_text()
     assert "### Iteration 2" in md and "Side-by-side leaderboard" in md and '"beta": 0.1' in md
+    assert "KL(π^T‖π_sft^T), the KL between the tempered sampling distributions at T = 0.9 (logits/T)" in md
     capsys.readouterr()
     assert main(["leaderboard", str(rep), str(rep)]) == 0
     table = capsys.readouterr().out
