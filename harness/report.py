@@ -16,7 +16,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from merge.io import atomic_directory, atomic_write_text
+from merge.io import atomic_directory
 
 from .manifest import HarnessError
 from .metrics import Z95, pareto_front_unpaired
