@@ -67,7 +67,7 @@ def one_error_line(capsys, command: str) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM])
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM], ids=errno.errorcode.get)
 def test_report_refused_by_the_filesystem_is_one_line(run_dir, reference, tmp_path, monkeypatch, capsys, code):
     ev = tmp_path / "eval"
     (ev).mkdir()
