@@ -39,6 +39,10 @@ def temporaries(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if ".tmp-" in p.name or ".old-" in p.name]
 
 
+def entries(eval_dir: Path) -> list[Path]:
+    return list((eval_dir / "cache").rglob("*.json"))
+
+
 def snapshot(folder: Path) -> dict:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -94,36 +98,42 @@ def test_killed_at_random_moments_a_rerun_gives_the_uninterrupted_result(tmp_pat
     p, t_lock = start(ref)
     assert p.wait(timeout=300) == 0, log.read_text()
     written = sorted(f.stat().st_mtime - t_lock for f in (ref / "cache").rglob("*.json"))   # when each score was cached
-    done = finished_since(ref, t_lock)
+    per_point, done = (written[-1] - written[0]) / (len(written) - 1), finished_since(ref, t_lock)
     rng = random.Random(1234)
-    kills, attempts = [], 0
+    kills, attempts = [], 0            # (cached scores before, after) per kill
     while len(kills) < 5:
         attempts += 1
-        assert attempts <= 15, f"only {len(kills)} kills landed"
-        missing = len(written) - len(list((ev / "cache").rglob("*.json")))
-        if missing:   # while scores are missing, aim at the scoring of the missing ones (a resumed run skips the rest)
-            scoring = written[-1] - written[0] + 0.3
-            delay = written[0] - 0.3 + rng.uniform(0, scoring * missing / len(written))
-        else:         # then at the last second of a run: side-by-side, completions, eval.json
-            delay = rng.uniform(done - 1.0, done)
+        assert attempts <= 15, f"only {len(kills)} kills landed: {kills}"
+        have = len(entries(ev))
         p, t_lock = start(ev)
+        if have < len(written) and len(kills) < 3:
+            # scoring: kill after a random number more scores are cached, a random part into the next point
+            target = rng.randint(have, len(written) - 1)
+            while p.poll() is None and len(entries(ev)) < target:
+                time.sleep(0.005)
+            delay = rng.uniform(0, per_point)
+        elif have < len(written):
+            delay = 300.0                       # let this run finish the scoring
+        else:   # nothing left to score: a random moment of the run's last second (side-by-side, completions, eval.json)
+            delay = rng.uniform(done - 1.0, done) - (time.time() - t_lock)
         try:
-            p.wait(timeout=delay)
+            p.wait(timeout=max(delay, 0.0))
         except subprocess.TimeoutExpired:
             p.send_signal(signal.SIGKILL)
             p.wait()
         assert p.returncode in (0, -signal.SIGKILL), log.read_text()
         finished = finished_since(ev, t_lock)
         if finished is None:
-            kills.append((round(delay, 2), missing))
+            kills.append((have, len(entries(ev))))
         else:
             done = finished
+    assert sum(after < len(written) for _, after in kills) == 3 and kills[-1][0] == len(written)   # both phases
     p, _ = start(ev)
     assert p.wait(timeout=300) == 0, log.read_text()
     got, want = (json.loads((d / "eval.json").read_text()) for d in (ev, ref))
     assert [(q["name"], q["metrics"]) for q in got["points"]] == [(q["name"], q["metrics"]) for q in want["points"]]
     assert got["sxs"] == want["sxs"]
-    for f in (ev / "cache").rglob("*.json"):               # nothing half-written
+    for f in entries(ev):                                    # nothing half-written
         json.loads(f.read_text())
     for f in [*(ev / "cache").rglob("*.jsonl"), *(ev / "completions").glob("*.jsonl")]:
         [json.loads(line) for line in f.read_text().splitlines()]
