@@ -24,7 +24,11 @@ EXIT_OS_ERROR = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="warp", description="WARP: Weight Averaged Rewarded Policies — merge, train, evaluate.")
+    parser = argparse.ArgumentParser(
+        prog="warp", description="WARP: Weight Averaged Rewarded Policies — merge, train, evaluate.",
+        epilog=f"Exit status: 0 done; {EXIT_BAD_INPUT} bad input (a file, key or option at fault); {EXIT_OS_ERROR} the "
+               "system refused (disk full, read-only, permission denied): fix it and re-run the same command. "
+               "Errors are one line; --debug shows the traceback.")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
