@@ -91,10 +91,15 @@ def front_table(wide: pd.DataFrame, iteration: int) -> pd.DataFrame:
     return f
 
 
+def sampling_temperature(meta: dict | None) -> float | None:
+    t = ((meta or {}).get("task") or {}).get("generation", {}).get("temperature")
+    return t if isinstance(t, (int, float)) else None
+
+
 def kl_definition(meta: dict) -> str:
     """The KL every table and plot reports, with the temperature of the eval summary."""
-    t = (meta.get("task") or {}).get("generation", {}).get("temperature")
-    temp = f"{t:g}" if isinstance(t, (int, float)) else "? (not recorded)"
+    t = sampling_temperature(meta)
+    temp = f"{t:g}" if t is not None else "? (not recorded)"
     return (f"KL(π^T‖π_sft^T), the KL between the tempered sampling distributions at T = {temp} (logits/T), "
             "k1 and k3 Monte Carlo estimates over sampled completions")
 
@@ -248,8 +253,8 @@ def render_plots(df: pd.DataFrame, out: Path, meta: dict | None = None) -> list[
         base = wide[(wide.kind == "baseline") & wide.kl.notna()]
         if len(base):
             ax.scatter(base.kl, base.reward, marker="s", s=50, color="tab:red", zorder=5, label="baselines")
-        t = ((meta or {}).get("task") or {}).get("generation", {}).get("temperature")
-        ax.set_xlabel(f"KL(π^T ‖ π_sft^T){f' at T = {t:g}' if isinstance(t, (int, float)) else ''}, nats "
+        t = sampling_temperature(meta)
+        ax.set_xlabel(r"KL($\pi^T \,\|\, \pi_\mathrm{sft}^T$)" + (f" at T = {t:g}" if t is not None else "") + ", nats "
                       "(k1; bars: 95% intervals)")
         ax.set_ylabel("proxy reward (bars: 95% intervals)")
         ax.set_title("KL–reward Pareto fronts (LITI) and REINFORCE trajectories")
