@@ -1,27 +1,32 @@
 """GSM8K / MATH-style benchmarks through lm-eval.
 
-Each point is a checkpoint on disk (LITI points are saved once into EVAL_DIR/checkpoints/<hash>,
-atomically, safetensors) and evaluated with lm-eval's `vllm` backend when vLLM and CUDA are
-present, else `hf`. Tasks: the project's offline ones in harness/tasks (`champ_math`,
-`synth_gsm8k`) and any lm-eval task by name (`gsm8k`, `gsm8k_cot`, `minerva_math`,
+Each point is a checkpoint on disk (LITI points are saved once into EVAL_DIR/checkpoints/<hash>
+with `rl.models.save_checkpoint`) and evaluated with lm-eval's `vllm` backend when vLLM is present
+and the device is CUDA, else `hf`. Tasks: the project's offline ones in harness/tasks
+(`champ_math`, `synth_gsm8k`) and any lm-eval task by name (`gsm8k`, `gsm8k_cot`, `minerva_math`,
 `hendrycks_math500`, ...; those need their datasets from the hub). Results are cached per
-(checkpoint hash, task, settings).
+(checkpoint content hash, task, settings); the settings name the task's content (`task_fingerprint`),
+limit, few-shot count, generation overrides, seeds, backend, device, dtype and batch size.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import logging
 import math
+import os
+import re
 from pathlib import Path
 from typing import Sequence
-
-from merge.io import atomic_directory
 
 from .manifest import HarnessError
 
 TASKS_DIR = Path(__file__).parent / "tasks"
 LOCAL_TASKS = ("champ_math", "synth_gsm8k")
 PASS_THROUGH = ("gsm8k", "gsm8k_cot", "minerva_math", "hendrycks_math500")
+BATCH_SIZE = 8        # lm-eval's batch size (padding can change greedy outputs, so it is part of the key)
+DTYPE = "auto"        # lm-eval loads the checkpoint in its saved dtype
 
 _manager = None
 
@@ -47,27 +52,67 @@ def resolve_tasks(tasks: Sequence[str]) -> list[str]:
     return list(tasks)
 
 
-def backend() -> str:
-    """'vllm' when vLLM is importable and CUDA is available, else 'hf'."""
-    import torch
+_FUNCTION = re.compile(r"!function\s+([\w.]+)\.\w+")
+_INCLUDE = re.compile(r"^include:\s*['\"]?([^'\"\s#]+)", re.MULTILINE)
 
-    return "vllm" if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available() else "hf"
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _task_files(yaml_path: Path, root: Path, out: dict[str, str]) -> None:
+    """sha256 of a task YAML, of the YAMLs it includes and of the Python modules its `!function`
+    tags name, keyed by their path relative to the task's folder."""
+    name = os.path.relpath(yaml_path, root)
+    if name in out or not yaml_path.is_file():
+        return
+    text = yaml_path.read_text(encoding="utf-8")
+    out[name] = hashlib.sha256(text.encode()).hexdigest()
+    for module in sorted(set(_FUNCTION.findall(text))):
+        code = yaml_path.parent / (module.replace(".", "/") + ".py")
+        if code.is_file():
+            out[os.path.relpath(code, root)] = _sha256(code)
+    for inc in _INCLUDE.findall(text):
+        _task_files((yaml_path.parent / inc).resolve(), root, out)
+
+
+def task_fingerprint(name: str) -> str:
+    """sha256 of what an lm-eval task is: lm-eval's version, the task's config as lm-eval resolves
+    it (includes merged; this machine's folder names taken out) and the content of every file it is
+    made of (its YAML, included YAMLs, the Python modules its `!function` tags name); a group
+    adds its subtasks' fingerprints. Its dataset is named by the config, not hashed."""
+    import lm_eval
+
+    index = task_manager().task_index
+    entry = index[name]
+    root = Path(entry.yaml_path).resolve().parent if entry.yaml_path else Path(".")
+    files: dict[str, str] = {}
+    if entry.yaml_path:
+        _task_files(Path(entry.yaml_path).resolve(), root, files)
+    config = json.dumps(entry.cfg, sort_keys=True, default=str).replace(str(root) + os.sep, "")
+    subtasks = entry.cfg.get("task") if isinstance(entry.cfg, dict) and "group" in entry.cfg else None
+    subs = {t: task_fingerprint(t) for t in (subtasks or []) if isinstance(t, str) and t in index and t != name}
+    blob = json.dumps({"lm_eval": lm_eval.__version__, "config": config, "files": files, "subtasks": subs}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def backend(device: str) -> str:
+    """'vllm' when vLLM is importable and `device` is CUDA, else 'hf'."""
+    return "vllm" if importlib.util.find_spec("vllm") is not None and device.startswith("cuda") else "hf"
 
 
 def evaluate_checkpoint(path: str | Path, tasks: Sequence[str], limit: int | None = None, num_fewshot: int | None = None,
-                        gen_kwargs: dict | None = None, batch_size: int = 8, seed: int = 0) -> list[dict]:
+                        gen_kwargs: dict | None = None, seed: int = 0, device: str = "cpu") -> list[dict]:
     """Run lm-eval on one checkpoint directory. Returns rows {task, metric, value, se}."""
     import lm_eval
 
-    be = backend()
-    import torch
-
-    model_args = {"pretrained": str(path), "dtype": "auto"}
+    be = backend(device)
+    model_args = {"pretrained": str(path), "dtype": DTYPE}
     if be == "hf":
-        model_args["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+        model_args["device"] = device
     try:
         out = lm_eval.simple_evaluate(model=be, model_args=model_args, tasks=list(tasks), limit=limit,
-                                      num_fewshot=num_fewshot, batch_size=batch_size, gen_kwargs=gen_kwargs,
+                                      num_fewshot=num_fewshot, batch_size=BATCH_SIZE, gen_kwargs=gen_kwargs,
                                       task_manager=task_manager(), log_samples=False, random_seed=seed,
                                       numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
                                       bootstrap_iters=1000)  # for a mean metric the s.e. is closed-form
@@ -86,43 +131,51 @@ def evaluate_checkpoint(path: str | Path, tasks: Sequence[str], limit: int | Non
     return rows
 
 
-def bench_settings(limit, num_fewshot, gen_kwargs, seed) -> dict:
+def bench_settings(task: str, limit: int | None, num_fewshot: int | None, gen_kwargs: dict | None, seed: int,
+                   device: str) -> dict:
+    """Everything a cached lm-eval result depends on besides the checkpoint's content."""
     import lm_eval
 
-    return {"limit": limit, "num_fewshot": num_fewshot, "gen_kwargs": gen_kwargs, "seed": seed, "backend": backend(),
-            "lm_eval": lm_eval.__version__}
+    return {"task": task, "task_fingerprint": task_fingerprint(task), "lm_eval": lm_eval.__version__,
+            "limit": limit, "num_fewshot": num_fewshot, "gen_kwargs": gen_kwargs, "seed": seed,
+            "backend": backend(device), "device": device.split(":")[0], "dtype": DTYPE, "batch_size": BATCH_SIZE}
 
 
-def point_checkpoint(point, scorer, out: Path) -> Path:
+def point_checkpoint(point, scorer, out: Path) -> Path | str:
     """The point as a checkpoint directory: its own path, or the LITI weights saved under EVAL_DIR."""
     if point.path is not None:
         return Path(point.path) if Path(point.path).exists() else point.path
     target = out / "checkpoints" / point.hash[:16]
-    if not (target / "config.json").is_file():
+    if not (target / "config.json").is_file():   # written atomically: present means complete
+        from rl.models import save_checkpoint
+
         model, tok = scorer.liti_model(point)
-        with atomic_directory(target, overwrite=True) as tmp:
-            model.save_pretrained(tmp, safe_serialization=True)
-            tok.save_pretrained(tmp)
+        save_checkpoint(model, tok, target, overwrite=True)
     return target
 
 
 def run_benchmarks(points, scorer, cache, out: Path, tasks: Sequence[str], limit: int | None = None,
-                   num_fewshot: int | None = None, gen_kwargs: dict | None = None, seed: int = 0) -> list[dict]:
-    """lm-eval `tasks` on every point (cached per point hash and task); rows {point, task, metric, value, se}."""
+                   num_fewshot: int | None = None, gen_kwargs: dict | None = None,
+                   seed: int = 0) -> tuple[list[dict], list[str]]:
+    """lm-eval `tasks` on every point (cached per point hash and task).
+
+    Returns rows {point, task, metric, value, se} and the 'point:task' pairs computed (not cached).
+    """
     from tqdm.auto import tqdm
 
-    settings = bench_settings(limit, num_fewshot, gen_kwargs, seed)
-    rows, done = [], {}
-    for p in tqdm(points, desc="lm-eval", unit="point"):
+    settings = {t: bench_settings(t, limit, num_fewshot, gen_kwargs, seed, scorer.device) for t in tasks}
+    rows, done, computed = [], {}, []
+    for p in tqdm(points, desc="lm-eval", unit="point", disable=None):
         for task in tasks:
             key = (p.hash, task)
             if key not in done:
-                hit = cache.get(p.hash, f"lmeval-{task}", settings)
+                hit = cache.get(p.hash, f"lmeval-{task}", settings[task])
                 if hit is None:
                     res = evaluate_checkpoint(point_checkpoint(p, scorer, out), [task], limit=limit, num_fewshot=num_fewshot,
-                                              gen_kwargs=gen_kwargs, seed=seed)
-                    cache.put(p.hash, f"lmeval-{task}", settings, {"rows": res})
+                                              gen_kwargs=gen_kwargs, seed=seed, device=scorer.device)
+                    cache.put(p.hash, f"lmeval-{task}", settings[task], {"rows": res})
+                    computed.append(f"{p.name}:{task}")
                     hit = {"value": {"rows": res}}
                 done[key] = hit["value"]["rows"]
             rows += [{"point": p.name, **r} for r in done[key]]
-    return rows
+    return rows, computed

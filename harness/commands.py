@@ -13,7 +13,9 @@ def _int_or_none(text: str) -> int | None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import run_eval
 
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise HarnessError(f"--threads must be an integer ≥ 1, got {args.threads}")
         import torch
 
         torch.set_num_threads(args.threads)
@@ -24,7 +26,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                        num_fewshot=args.num_fewshot, max_gen_toks=args.max_gen_toks, device=args.device,
                        bench_on=[t for item in (args.bench_on or []) for t in item.split(",") if t])
     n_new = len(summary["computed"])
-    print(f"scored {len(summary['points'])} points ({n_new} computed, {len(summary['points']) - n_new} cached) "
+    bench = f", lm-eval: {len(summary['bench_computed'])} computed" if tasks else ""
+    print(f"scored {len(summary['points'])} points ({n_new} computed, {len(summary['points']) - n_new} cached{bench}) "
           f"-> {args.out}/eval.json")
     return 0
 
@@ -83,6 +86,3 @@ def register(sub) -> None:
     p.add_argument("--judge", default="proxy", choices=["proxy", "control"])
     p.add_argument("--out", help="also write the table to this markdown file")
     p.set_defaults(func=cmd_leaderboard)
-
-
-__all__ = ["register", "HarnessError"]

@@ -6,8 +6,11 @@ Points (names are stable, they key the report):
 - `iter{i}/run{m}/step{t}`: the saved REINFORCE checkpoints (trajectories), `iter{i}/liti`: the
   saved LITI checkpoint (the next iteration's init).
 - `baseline/{name}`: extra checkpoint directories or hub ids.
-Every point is cached by content hash (see harness.cache); side-by-side preferences are computed
-from the cached per-completion rewards; benchmarks go through harness.bench (lm-eval).
+Every point is cached by its content hash under settings that name everything else its score
+depends on (see harness.cache, `score_settings`); side-by-side preferences and the Pareto ✓ are
+computed from the cached per-completion records; benchmarks go through harness.bench (lm-eval).
+One `warp eval` writes an EVAL_DIR at a time (a lock); killed at any moment, a re-run of the same
+command resumes from the entries already written and gives the same eval.json.
 """
 from __future__ import annotations
 
@@ -15,29 +18,37 @@ import copy
 import dataclasses
 import gc
 import hashlib
+import importlib.metadata
 import json
 import math
 import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from merge import liti
-from merge.io import atomic_write_json, atomic_write_text
+from merge.io import DirectoryLock, atomic_write_json, atomic_write_text, sweep_stale
 from merge.state_dict import check_unit_interval
 from merge.errors import MergeError
 
-from .cache import ResultCache
+from .cache import HashIndex, ResultCache
 from .manifest import HarnessError, Manifest, load_manifest, load_prompts
-from .score import checkpoint_hash, liti_hash, load_policy, same_vocabulary, score_policy
+from .metrics import Z95, pareto_front
+from .score import liti_hash, load_policy, same_vocabulary, score_policy
 from . import sxs
 
 DEFAULT_ETAS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 1.0)
 SCORE_METRIC = "score"
+# Part of every cached score's key. Bump SCORE_VERSION whenever the scoring math changes (harness/score.py,
+# the reward functions, the KL estimators), so no cached score computed the old way is reused.
+SCORE_VERSION = 3
+ENGINE = "hf"          # the sampling engine: transformers `generate` (rl.sampling); a vLLM engine is another value
+DTYPE = "float32"      # policies are loaded and scored in this dtype (rl.models.load_causal_lm's default)
+PARETO_LEVEL = 0.95    # the Pareto ✓ needs dominance beyond paired intervals at this level (z = Z95)
 
 
 @dataclass
@@ -75,50 +86,34 @@ def eta_label(eta: float) -> str:
     return f"{eta:g}"
 
 
-def state_dict_hash(sd: dict[str, torch.Tensor]) -> str:
-    """sha256 over (name, dtype, shape, bytes) of every tensor, sorted by name (for hub baselines)."""
-    h = hashlib.sha256()
-    for k in sorted(sd):
-        t = sd[k].detach().contiguous().cpu()
-        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-class HashIndex:
-    """Content hashes of on-disk checkpoints, remembered by (path, size, mtime) in EVAL_DIR/hashes.json."""
-
-    def __init__(self, eval_dir: Path) -> None:
-        self.file = eval_dir / "hashes.json"
-        try:
-            self.known = json.loads(self.file.read_text()) if self.file.is_file() else {}
-        except (OSError, json.JSONDecodeError):
-            self.known = {}
-
-    def __call__(self, path: Path) -> str:
-        files = sorted(Path(path).glob("*.safetensors"))
-        stamp = ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
-        key = str(Path(path).resolve())
-        hit = self.known.get(key)
-        if hit and hit.get("stamp") == stamp:
-            return hit["hash"]
-        h = checkpoint_hash(path)
-        self.known[key] = {"stamp": stamp, "hash": h}
-        atomic_write_json(self.file, self.known)
-        return h
-
-
 def baseline_name(spec: str) -> str:
     p = Path(spec)
     return "baseline/" + re.sub(r"[^A-Za-z0-9_.-]+", "_", p.name if p.exists() else spec)
+
+
+def check_weights(path: Path, what: str) -> None:
+    """Read the header of every *.safetensors file of a checkpoint (a few KB): a truncated or corrupt
+    file is an error now, before any work, not halfway through scoring."""
+    from safetensors import safe_open
+
+    files = sorted(Path(path).glob("*.safetensors"))
+    if not files:
+        raise HarnessError(f"{what} {path}: no *.safetensors weights")
+    for f in files:
+        try:
+            with safe_open(str(f), "pt") as fh:
+                fh.keys()
+        except Exception as e:  # noqa: BLE001 — safetensors raises its own error type for a bad file
+            raise HarnessError(f"{what} {f}: unreadable safetensors file ({str(e).strip() or type(e).__name__})") from None
 
 
 def check_baseline(spec: str) -> None:
     """Fail fast (before any scoring) on a baseline that cannot be loaded."""
     p = Path(spec)
     if p.exists():
-        if not p.is_dir() or not any(p.glob("*.safetensors")):
-            raise HarnessError(f"--baseline {spec}: not a checkpoint directory with *.safetensors weights")
+        if not p.is_dir():
+            raise HarnessError(f"--baseline {spec}: not a checkpoint directory")
+        check_weights(p, "--baseline")
         return
     from rl.models import check_model   # builtin aliases (e.g. smollm2-135m-instruct) and hub ids
 
@@ -129,7 +124,7 @@ def check_baseline(spec: str) -> None:
         raise HarnessError(f"--baseline {spec}: cannot be loaded (not a directory; {first})") from None
 
 
-def list_points(manifest: Manifest, etas: Sequence[float], hashes: HashIndex) -> list[Point]:
+def list_points(manifest: Manifest, etas: Sequence[float], hashes: Callable[[Path], str]) -> list[Point]:
     """The run's points in report order: per iteration the LITI front, then its RL checkpoints."""
     sft_hash = hashes(manifest.sft.path)
     points = [Point("sft", "sft", sft_hash, iteration=0, step=0, eta=0.0, path=str(manifest.sft.path))]
@@ -148,24 +143,81 @@ def list_points(manifest: Manifest, etas: Sequence[float], hashes: HashIndex) ->
     return points
 
 
+def model_content_hash(spec: str, hashes: Callable[[Path], str]) -> str | None:
+    """Content hash (`hashes`, see harness.cache.content_hash) of the files a model spec loads from:
+    a local directory, a builtin alias's directory, or a hub id's snapshot in the local hub cache.
+    None when those files are not on this machine (yet), or hold no safetensors weights."""
+    p = Path(spec)
+    if p.is_dir():
+        return hashes(p)
+    from rl.models import ALIASES, resolve_model
+
+    if spec in ALIASES:
+        return hashes(Path(resolve_model(spec)))
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot = Path(snapshot_download(spec, local_files_only=True))
+    except Exception:  # noqa: BLE001 — not a hub id, or not downloaded: the caller decides
+        return None
+    return hashes(snapshot) if any(snapshot.glob("*.safetensors")) else None
+
+
+def reward_identity(spec: str, hashes: Callable[[Path], str]) -> str:
+    """What a reward spec scores with: VADER's package version, a model's content hash, or (a hub id
+    not in the local cache yet) its name."""
+    if spec == "vader":
+        return f"vader {importlib.metadata.version('vaderSentiment')}"
+    h = model_content_hash(spec, hashes)
+    return f"sha256 {h}" if h else f"hub id {spec}"
+
+
+def resolve_device(device: str | None) -> str:
+    """The torch device to score on: `device` checked (HarnessError naming it), else cuda when available."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise HarnessError(f"--device: {device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise HarnessError(f"--device {device}: CUDA is not available on this machine")
+    if dev.type not in ("cpu", "cuda"):
+        raise HarnessError(f"--device {device}: only cpu and cuda devices are supported")
+    return str(dev)
+
+
 def score_settings(manifest: Manifest, prompts: list[dict], sft_hash: str, seed: int, batch_size: int,
-                   rm_hash: str | None) -> dict:
-    """Everything a cached score depends on besides the policy's own weights."""
-    phash = hashlib.sha256(json.dumps(prompts, sort_keys=True).encode()).hexdigest()
-    return {"prompts": phash, "n_prompts": len(prompts), "generation": dataclasses.asdict(manifest.task.generation),
-            "seed": seed, "batch_size": batch_size, "reward_model": manifest.task.reward_model,
-            "reward_model_hash": rm_hash, "reward_with_prompt": manifest.task.reward_with_prompt,
-            "control_reward": manifest.task.control_reward, "sft": sft_hash, "kl_temperature": "sampling"}
+                   device: str, hashes: Callable[[Path], str]) -> dict:
+    """Everything a cached score depends on besides the policy's own content (its point hash): the
+    scoring code, engine, device and dtype, the library versions, the prompts, the sampling settings,
+    π_sft's content (the KL's reference), the reward models' content."""
+    import transformers
+
+    t = manifest.task
+    dev = torch.device(device)
+
+    # the reward specs as Scorer.rewards resolves them (a path relative to RUN_DIR when there is one)
+    control = t.control_reward
+    control = str(manifest.run_dir / control) if control != "vader" and (manifest.run_dir / control).exists() else control
+    return {"version": SCORE_VERSION, "engine": ENGINE, "dtype": DTYPE, "device": dev.type,
+            "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "prompts": hashlib.sha256(json.dumps(prompts, sort_keys=True).encode()).hexdigest(),
+            "n_prompts": len(prompts), "generation": dataclasses.asdict(t.generation),
+            "seed": seed, "batch_size": batch_size, "sft": sft_hash, "kl_temperature": "sampling",
+            "reward_model": reward_identity(manifest.reward_model_spec(), hashes),
+            "reward_with_prompt": t.reward_with_prompt, "control_reward": reward_identity(control, hashes)}
 
 
 class Scorer:
     """Holds π_sft, the LITI work model and the reward models; scores points not yet cached."""
 
     def __init__(self, manifest: Manifest, prompts: list[dict], cache: ResultCache, settings: dict,
-                 seed: int, batch_size: int, device: str | None = None) -> None:
+                 seed: int, batch_size: int, device: str) -> None:
         self.m, self.prompts, self.cache, self.settings = manifest, prompts, cache, settings
         self.seed, self.batch_size = seed, batch_size
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = device
         self.sft_model, self.tok = load_policy(manifest.sft.path, "sft checkpoint")
         self.sft_model.to(self.device)
         self._work = None
@@ -200,13 +252,10 @@ class Scorer:
         self._work.load_state_dict(weights)
         return self._work, self.tok
 
-    def entry(self, point: Point) -> dict | None:
-        return self.cache.get(point.hash, SCORE_METRIC, self.settings)
-
     def score(self, point: Point) -> dict:
         """Metrics of `point`, from the cache or computed (then cached with its completions)."""
-        hit = self.entry(point)
-        if hit is not None:
+        hit = self.cache.get(point.hash, SCORE_METRIC, self.settings)
+        if hit is not None and self.cache.path(point.hash, SCORE_METRIC, self.settings, ".jsonl").is_file():
             return hit["value"]
         if point.kind == "sft":
             model, tok = self.sft_model, self.tok
@@ -229,13 +278,7 @@ class Scorer:
         return self.cache.records(point.hash, SCORE_METRIC, self.settings)
 
 
-def reward_model_hash(manifest: Manifest) -> str | None:
-    spec = manifest.reward_model_spec()
-    p = Path(spec)
-    return checkpoint_hash(p) if p.is_dir() and any(p.glob("*.safetensors")) else None
-
-
-def opponents(points: list[Point], manifest: Manifest) -> list[Point]:
+def opponents(points: list[Point]) -> list[Point]:
     """Baselines for side-by-side: SFT, each REINFORCE run's last checkpoint, each iteration's SLERP
     (η=1, i.e. the other iterations), and the external baselines."""
     opp: dict[str, Point] = {p.name: p for p in points if p.kind == "sft"}
@@ -285,65 +328,114 @@ def select_points(points: Sequence[Point], selectors: Sequence[str]) -> list[Poi
     return [p for p in points if p.name in selectors or p.kind in selectors]
 
 
+def check_options(n_prompts: int | None, batch_size: int, seed: int, limit: int | None, num_fewshot: int | None,
+                  max_gen_toks: int | None) -> None:
+    """Refuse out-of-range options (HarnessError naming the option) before any work."""
+    bounds = {"--prompts": (n_prompts, 1), "--batch-size": (batch_size, 1), "--seed": (seed, 0), "--limit": (limit, 1),
+              "--num-fewshot": (num_fewshot, 0), "--max-gen-toks": (max_gen_toks, 1)}
+    for option, (value, low) in bounds.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise HarnessError(f"{option} must be an integer ≥ {low}, got {value!r}")
+
+
+def check_inputs(manifest: Manifest, baselines: Sequence[str]) -> None:
+    """Every checkpoint's weights readable (headers only), the reward model's too, every baseline loadable."""
+    for c in manifest.checkpoints:
+        check_weights(c.path, "checkpoint")
+    rm = Path(manifest.reward_model_spec())
+    if rm.is_dir():
+        check_weights(rm, "reward model")
+    for spec in baselines:
+        check_baseline(spec)
+
+
+def baseline_point(spec: str, hashes: HashIndex) -> Point:
+    """A --baseline as a point, hashed by content (a hub model is loaded first, which fetches its files)."""
+    path = Path(spec)
+    h = model_content_hash(spec, hashes)
+    if h is None:
+        load_policy(spec, "baseline")
+        h = model_content_hash(spec, hashes)
+    if h is None:
+        raise HarnessError(f"--baseline {spec}: its files are not in the local hub cache, so they cannot be hashed")
+    return Point(baseline_name(spec), "baseline", h, path=str(path.resolve()) if path.is_dir() else spec)
+
+
+def liti_pareto(points: Sequence[Point], records: dict[str, list[dict]]) -> dict[str, bool]:
+    """Per LITI point: on its iteration's KL–reward front beyond noise (metrics.pareto_front: paired
+    per-prompt differences, both PARETO_LEVEL intervals excluding 0)."""
+    out: dict[str, bool] = {}
+    for i in sorted({p.iteration for p in points if p.kind == "liti"}):
+        front = [p for p in points if p.kind == "liti" and p.iteration == i]
+        ids = [r["id"] for r in records[front[0].name]]
+        if any([r["id"] for r in records[p.name]] != ids for p in front):
+            raise HarnessError(f"iteration {i}: the LITI points were scored on different prompts")
+        mask = pareto_front([[r["kl_k1"] for r in records[p.name]] for p in front],
+                            [[r["reward"] for r in records[p.name]] for p in front], z=Z95)
+        out.update({p.name: on for p, on in zip(front, mask)})
+    return out
+
+
 def run_eval(run_dir: str | Path, out: str | Path, etas: Sequence[float] = DEFAULT_ETAS, n_prompts: int | None = 64,
              baselines: Sequence[str] = (), batch_size: int = 16, seed: int = 0, tasks: Sequence[str] = (),
              limit: int | None = None, split: str = "test", num_fewshot: int | None = None,
              max_gen_toks: int | None = None, device: str | None = None, bench_on: Sequence[str] = ()) -> dict:
     """Score a run dir into EVAL_DIR (cached); write EVAL_DIR/eval.json and completions/*.jsonl.
 
+    Every input is checked before EVAL_DIR is touched; then EVAL_DIR is locked for the whole run
+    (one `warp eval` per EVAL_DIR) and the temporaries of killed writers are swept.
     Returns the eval summary: points with metrics, side-by-side rows, benchmark rows, manifest info.
     """
     etas = parse_etas(etas)
+    check_options(n_prompts, batch_size, seed, limit, num_fewshot, max_gen_toks)
+    device = resolve_device(device)
     if tasks:
         from .bench import resolve_tasks
 
-        resolve_tasks(tasks)  # an unknown task is an error before any work
-    if batch_size < 1:
-        raise HarnessError(f"--batch-size must be ≥ 1, got {batch_size}")
-    if n_prompts is not None and n_prompts < 1:
-        raise HarnessError(f"--prompts must be ≥ 1, got {n_prompts}")
+        resolve_tasks(tasks)
     manifest = load_manifest(run_dir)
     if not manifest.complete:
         warnings.warn(f"{manifest.run_dir}: the run is not complete (still running, or stopped early); "
                       f"scoring the {len(manifest.checkpoints)} checkpoint(s) present", RuntimeWarning, stacklevel=2)
-    for spec in baselines:
-        check_baseline(spec)
     if split not in manifest.task.prompts:
         raise HarnessError(f"{manifest.run_dir / 'manifest.json'}: task.prompts has no split {split!r}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     prompts = load_prompts(manifest.prompt_file(split), n_prompts)
+    check_inputs(manifest, baselines)
+    if tasks:   # a bad selector fails here, on the point names (no hashing yet)
+        select_points(list_points(manifest, etas, lambda path: "") + [Point(baseline_name(b), "baseline", "")
+                                                                      for b in baselines], bench_on)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise HarnessError(f"--out {out}: exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    with DirectoryLock(out, "warp eval"):
+        sweep_stale(out)
+        return _evaluate(manifest, run_dir, out, etas, prompts, baselines, batch_size, seed, tasks, limit, split,
+                         num_fewshot, max_gen_toks, device, bench_on)
+
+
+def _evaluate(manifest: Manifest, run_dir, out: Path, etas: list[float], prompts: list[dict], baselines, batch_size,
+              seed, tasks, limit, split, num_fewshot, max_gen_toks, device, bench_on) -> dict:
     hashes = HashIndex(out)
     cache = ResultCache(out)
-    points = list_points(manifest, etas, hashes)
-    settings = score_settings(manifest, prompts, hashes(manifest.sft.path), seed, batch_size, reward_model_hash(manifest))
+    points = list_points(manifest, etas, hashes) + [baseline_point(spec, hashes) for spec in baselines]
+    settings = score_settings(manifest, prompts, hashes(manifest.sft.path), seed, batch_size, device, hashes)
     scorer = Scorer(manifest, prompts, cache, settings, seed, batch_size, device=device)
-    for spec in baselines:
-        path = Path(spec)
-        if path.is_dir():
-            h = hashes(path)
-        else:
-            model, _ = load_policy(spec, "baseline")
-            h = state_dict_hash(model.state_dict())
-            del model
-        points.append(Point(baseline_name(spec), "baseline", h, path=str(path.resolve()) if path.is_dir() else spec))
-    bench_points = select_points(points, bench_on) if tasks else []   # a bad selector fails before any work
-    metrics = {}
-    for p in tqdm(points, desc="points", unit="point"):
-        metrics[p.name] = scorer.score(p)
+    metrics = {p.name: scorer.score(p) for p in tqdm(points, desc="points", unit="point", disable=None)}
     records = {p.name: scorer.records(p) for p in points}
     for p in points:
         atomic_write_text(out / "completions" / (p.name.replace("/", "__") + ".jsonl"),
                           "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records[p.name]))
-    opps = opponents(points, manifest)
-    records.update({o.name: records.get(o.name) or scorer.records(o) for o in opps})
+    on_front = liti_pareto(points, records)
+    opps = opponents(points)
     sxs_rows = side_by_side(points, records, opps, proxy_is_vader=manifest.task.reward_model == "vader", seed=seed)
-    bench_rows: list[dict] = []
+    bench_rows, bench_computed = [], []
     if tasks:
         from .bench import run_benchmarks
 
-        bench_rows = run_benchmarks(bench_points, scorer, cache, out, tasks, limit=limit, num_fewshot=num_fewshot,
-                                    gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None, seed=seed)
+        bench_rows, bench_computed = run_benchmarks(
+            select_points(points, bench_on), scorer, cache, out, tasks, limit=limit, num_fewshot=num_fewshot,
+            gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None, seed=seed)
     summary = {
         "format": 1,
         "run_dir": str(run_dir),   # as the user named it: reports should not record this machine's absolute paths
@@ -354,11 +446,14 @@ def run_eval(run_dir: str | Path, out: str | Path, etas: Sequence[float] = DEFAU
         "settings": {"etas": etas, "n_prompts": len(prompts), "seed": seed, "batch_size": batch_size,
                      "baselines": list(baselines), "tasks": list(tasks), "limit": limit, "bench_on": list(bench_on),
                      "num_fewshot": num_fewshot, "max_gen_toks": max_gen_toks,
-                     "tie_band": sxs.TIE_BAND, "vader_scale": sxs.VADER_SCALE},
-        "points": [{**p.info(), "metrics": metrics[p.name]} for p in points],
+                     "tie_band": sxs.TIE_BAND, "vader_scale": sxs.VADER_SCALE,
+                     "kl_temperature": manifest.task.generation.temperature,
+                     "pareto": {"rule": "paired", "level": PARETO_LEVEL}},
+        "points": [{**p.info(), "metrics": metrics[p.name], "pareto": on_front.get(p.name)} for p in points],
         "sxs": sxs_rows,
         "bench": bench_rows,
         "computed": scorer.computed,
+        "bench_computed": bench_computed,
     }
     atomic_write_json(out / "eval.json", _finite(summary))
     return summary

@@ -2,8 +2,10 @@
 
 `tidy_frame(eval_summary)` turns EVAL_DIR/eval.json into one tidy frame (one row per point and
 metric; side-by-side and benchmark results are rows too, with section = score | sxs | bench).
-Everything else here renders that frame: tables and plots read values, they never compute them
-(the Pareto mask is taken by `metrics.pareto_front` on the table before plotting).
+Everything else here renders that frame: tables and plots read values, they never compute them.
+The Pareto ✓ is data from `warp eval` (paired per-prompt intervals, `metrics.pareto_front`); a
+frame without it (an eval.json from before) falls back to `metrics.pareto_front_unpaired` on the
+points' means and standard errors, and the report says which rule it used.
 """
 from __future__ import annotations
 
@@ -14,15 +16,22 @@ from typing import Sequence
 
 import pandas as pd
 
-from merge.io import atomic_directory, atomic_write_text
+from merge.io import atomic_directory
 
 from .manifest import HarnessError
-from .metrics import pareto_front
+from .metrics import Z95, pareto_front_unpaired
 
 COLUMNS = ["section", "point", "kind", "iteration", "run", "step", "eta", "opponent", "judge", "metric",
            "value", "se", "lo", "hi"]
-SCORE_METRICS = ["kl", "kl_k3", "reward", "control_reward", "length", "unfinished", "distinct_1", "distinct_2"]
 POINT_KEYS = ["point", "kind", "iteration", "run", "step", "eta"]
+PARETO_RULES = {
+    "paired": "✓: on the Pareto front beyond noise: no other η of the same iteration has both lower KL and higher "
+              "proxy reward with the paired 95% intervals of both differences excluding 0 (per-prompt differences "
+              "over the same prompts, mean ± 1.96 s.e.); a point within noise of a better one keeps its ✓.",
+    "unpaired": "✓: on the Pareto front beyond noise: no other η of the same iteration has both lower KL and higher "
+                "proxy reward with the two points' 95% intervals (mean ± 1.96 s.e.) separated on both axes "
+                "(this eval.json has no paired Pareto data: re-run `warp eval` for the paired rule).",
+}
 
 
 def tidy_frame(summary: dict) -> pd.DataFrame:
@@ -36,6 +45,8 @@ def tidy_frame(summary: dict) -> pd.DataFrame:
         for key in ["kl", "kl_k3", "reward", "control_reward", "length", "unfinished", "distinct_1", "distinct_2", "n"]:
             if key in m:
                 rows.append({**base, "metric": key, "value": m[key], "se": m.get(f"{key}_se")})
+        if p.get("pareto") is not None:
+            rows.append({**base, "metric": "pareto", "value": float(p["pareto"])})
     for s in summary.get("sxs", []):
         p = info[s["point"]]
         base = {"section": "sxs", "point": s["point"], "kind": p["kind"], "iteration": p["iteration"], "run": p["run"],
@@ -69,10 +80,28 @@ def score_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def front_table(wide: pd.DataFrame, iteration: int) -> pd.DataFrame:
-    """The LITI front of one iteration (η ascending) with its Pareto mask over (KL, reward)."""
+    """The LITI front of one iteration (η ascending) with its Pareto mask (`pareto`) and the rule that
+    made it (`pareto_rule`: 'paired' from eval.json, else 'unpaired' from the means and s.e.)."""
     f = wide[(wide.kind == "liti") & (wide.iteration == iteration)].sort_values("eta").copy()
-    f["pareto"] = pareto_front(f["kl"].tolist(), f["reward"].tolist()) if len(f) else []
+    if "pareto" in f and len(f) and f["pareto"].notna().all():
+        f["pareto"], f["pareto_rule"] = f["pareto"].astype(bool), "paired"
+    else:
+        cols = [f[c].tolist() if c in f else [None] * len(f) for c in ("kl", "reward", "kl_se", "reward_se")]
+        f["pareto"], f["pareto_rule"] = (pareto_front_unpaired(*cols) if len(f) else []), "unpaired"
     return f
+
+
+def sampling_temperature(meta: dict | None) -> float | None:
+    t = ((meta or {}).get("task") or {}).get("generation", {}).get("temperature")
+    return t if isinstance(t, (int, float)) else None
+
+
+def kl_definition(meta: dict) -> str:
+    """The KL every table and plot reports, with the temperature of the eval summary."""
+    t = sampling_temperature(meta)
+    temp = f"{t:g}" if t is not None else "? (not recorded)"
+    return (f"KL(π^T‖π_sft^T), the KL between the tempered sampling distributions at T = {temp} (logits/T), "
+            "k1 and k3 Monte Carlo estimates over sampled completions")
 
 
 def _fmt(v, se=None, digits=3) -> str:
@@ -121,13 +150,14 @@ def render_markdown(df: pd.DataFrame, meta: dict, plots: Sequence[str]) -> str:
                f"(split `{meta.get('task', {}).get('split', 'test')}`), sampling seed {st.get('seed', '?')}, "
                f"generation {json.dumps(meta.get('task', {}).get('generation', {}))}. Proxy reward "
                f"`{meta.get('task', {}).get('reward_model', '?')}`, control reward `{meta.get('task', {}).get('control_reward', '?')}`.\n")
-    out.append("KL(π‖π_sft) is a Monte Carlo estimate over the sampled completions (k1: Σ_t log π/π_sft; "
-               "k3: Σ_t (r−1) − log r with r = π_sft/π), both at the sampling temperature; values are mean ± s.e. "
-               "over prompts.\n")
+    out.append(f"KL: {kl_definition(meta)} (k1: Σ_t log π^T/π_sft^T; k3: Σ_t (r−1) − log r with "
+               "r = π_sft^T/π^T). Values are mean ± s.e. over prompts.\n")
     out.append("## Pareto fronts (LITI, per iteration)\n")
     iterations = sorted(int(i) for i in wide.loc[wide.kind == "liti", "iteration"].dropna().unique()) if len(wide) else []
-    for i in iterations:
-        f = front_table(wide, i)
+    fronts = [front_table(wide, i) for i in iterations]
+    for rule in sorted({r for f in fronts for r in f["pareto_rule"]}):
+        out.append(PARETO_RULES[rule] + "\n")
+    for i, f in zip(iterations, fronts):
         rows = _score_rows(f, "eta")
         for row, on in zip(rows, f["pareto"]):
             row.append("✓" if on else "")
@@ -180,8 +210,9 @@ def render_markdown(df: pd.DataFrame, meta: dict, plots: Sequence[str]) -> str:
     return "\n".join(out)
 
 
-def render_plots(df: pd.DataFrame, out: Path) -> list[str]:
-    """Seaborn PNGs from the tidy frame; returns the file names written."""
+def render_plots(df: pd.DataFrame, out: Path, meta: dict | None = None) -> list[str]:
+    """Seaborn PNGs from the tidy frame; returns the file names written. In pareto.png the bars are
+    95% intervals (mean ± 1.96 s.e.) and the points with the report's Pareto ✓ are ringed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -195,16 +226,20 @@ def render_plots(df: pd.DataFrame, out: Path) -> list[str]:
         fig, ax = plt.subplots(figsize=(7, 5))
         liti = wide[wide.kind == "liti"].sort_values(["iteration", "eta"])
         palette = sns.color_palette("viridis", max(1, liti.iteration.nunique()))
-        for color, (i, f) in zip(palette, liti.groupby("iteration")):
-            ax.errorbar(f.kl, f.reward, xerr=f.kl_se, yerr=f.reward_se, color=color, marker="o", lw=2,
+        for k, (color, (i, f)) in enumerate(zip(palette, liti.groupby("iteration"))):
+            ax.errorbar(f.kl, f.reward, xerr=Z95 * f.kl_se, yerr=Z95 * f.reward_se, color=color, marker="o", lw=2,
                         capsize=2, label=f"LITI front, iteration {int(i)}")
+            on = front_table(wide, int(i))
+            on = on[on.pareto]
+            ax.scatter(on.kl, on.reward, s=160, facecolors="none", edgecolors=color, linewidths=1.5, zorder=6,
+                       label="on the Pareto front beyond noise (✓ in report.md)" if k == 0 else None)
             for _, r in f.iterrows():
                 ax.annotate(f"η={r.eta:g}", (r.kl, r.reward), textcoords="offset points", xytext=(4, 4), fontsize=7, color=color)
         runs = wide[wide.kind == "run"].sort_values(["iteration", "run", "step"])
         sft = wide[wide.kind == "sft"]
         iter_color = {i: c for c, i in zip(palette, sorted(liti.iteration.unique()))}
         for k, ((i, m), f) in enumerate(runs.groupby(["iteration", "run"])):
-            ax.errorbar(f.kl, f.reward, xerr=f.kl_se, yerr=f.reward_se, ls="--", marker="x", alpha=0.8, capsize=2,
+            ax.errorbar(f.kl, f.reward, xerr=Z95 * f.kl_se, yerr=Z95 * f.reward_se, ls="--", marker="x", alpha=0.8, capsize=2,
                         color=iter_color.get(i, "gray"), label="REINFORCE checkpoints, one line per run" if k == 0 else None)
             last = f.iloc[-1]
             ax.annotate(f"it{int(i)} run{int(m)}", (last.kl, last.reward), textcoords="offset points", xytext=(4, -10 * int(m)),
@@ -218,8 +253,10 @@ def render_plots(df: pd.DataFrame, out: Path) -> list[str]:
         base = wide[(wide.kind == "baseline") & wide.kl.notna()]
         if len(base):
             ax.scatter(base.kl, base.reward, marker="s", s=50, color="tab:red", zorder=5, label="baselines")
-        ax.set_xlabel("KL(π ‖ π_sft), nats (k1, mean ± s.e.)")
-        ax.set_ylabel("proxy reward (mean ± s.e.)")
+        t = sampling_temperature(meta)
+        ax.set_xlabel(r"KL($\pi^T \,\|\, \pi_\mathrm{sft}^T$)" + (f" at T = {t:g}" if t is not None else "") + ", nats "
+                      "(k1; bars: 95% intervals)")
+        ax.set_ylabel("proxy reward (bars: 95% intervals)")
         ax.set_title("KL–reward Pareto fronts (LITI) and REINFORCE trajectories")
         ax.legend(fontsize=8)
         fig.tight_layout()
@@ -276,22 +313,78 @@ def render_report(df: pd.DataFrame, meta: dict, out: str | Path, overwrite: bool
     out = Path(out)
     with atomic_directory(out, overwrite=overwrite) as tmp:
         df.to_csv(tmp / "metrics.csv", index=False)
-        plots = render_plots(df, tmp)
+        plots = render_plots(df, tmp, meta)
         (tmp / "report.md").write_text(render_markdown(df, meta, plots), encoding="utf-8")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return out
 
 
+_NUM = (int, float, type(None))          # eval.json writes NaN as null
+_OPT_INT = (int, type(None))
+SUMMARY_ROWS = {   # list key of eval.json -> the keys of each of its objects and their JSON types
+    "points": {"name": str, "kind": str, "iteration": _OPT_INT, "run": _OPT_INT, "step": _OPT_INT, "eta": _NUM,
+               "metrics": dict},
+    "sxs": {"point": str, "opponent": str, "judge": str,
+            **{k: _NUM for k in ("win_rate", "win_rate_lo", "win_rate_hi", "sxs_score", "sxs_score_lo", "sxs_score_hi",
+                                 "wins", "ties", "losses")}},
+    "bench": {"point": str, "task": str, "metric": str, "value": _NUM},
+}
+_TYPE_NAMES = {str: "a string", dict: "an object", list: "a list", int: "an integer", float: "a number",
+               type(None): "null", bool: "true or false"}
+
+
+def _check_type(value, types, file: Path, key: str) -> None:
+    types = types if isinstance(types, tuple) else (types,)
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+        expected = " or ".join(dict.fromkeys(_TYPE_NAMES[t] for t in types))
+        raise HarnessError(f"{file}: {key}: expected {expected}, got {json.dumps(value)[:60]}")
+
+
+def check_summary(summary, file: Path) -> None:
+    """Validate an eval.json (as `warp eval` writes it): HarnessError naming the file and the key."""
+    _check_type(summary, dict, file, "top level")
+    for key in ("config", "task", "settings"):
+        if key in summary:
+            _check_type(summary[key], dict, file, key)
+    if "generation" in summary.get("task", {}):
+        _check_type(summary["task"]["generation"], dict, file, "task.generation")
+    if "points" not in summary:
+        raise HarnessError(f"{file}: points: missing (not an eval.json written by `warp eval`)")
+    for list_key, fields in SUMMARY_ROWS.items():
+        rows = summary.get(list_key, [])
+        _check_type(rows, list, file, list_key)
+        for i, row in enumerate(rows):
+            where = f"{list_key}[{i}]"
+            _check_type(row, dict, file, where)
+            for key, types in fields.items():
+                if key not in row:
+                    raise HarnessError(f"{file}: {where}.{key}: missing")
+                _check_type(row[key], types, file, f"{where}.{key}")
+    names = set()
+    for i, point in enumerate(summary["points"]):
+        for key, value in point["metrics"].items():
+            _check_type(value, _NUM, file, f"points[{i}].metrics.{key}")
+        _check_type(point.get("pareto"), (bool, type(None)), file, f"points[{i}].pareto")
+        names.add(point["name"])
+    for list_key in ("sxs", "bench"):
+        for i, row in enumerate(summary.get(list_key, [])):
+            if row["point"] not in names:
+                raise HarnessError(f"{file}: {list_key}[{i}].point: {row['point']!r} is not one of the points")
+
+
 def write_report(eval_dir: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """`warp report EVAL_DIR --out results/NAME`."""
     path = Path(eval_dir) / "eval.json"
+    if not Path(eval_dir).is_dir():
+        raise HarnessError(f"{eval_dir}: no such eval directory (run `warp eval` first)")
     if not path.is_file():
         raise HarnessError(f"{path}: no eval.json (run `warp eval` first)")
     try:
         summary = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise HarnessError(f"{path}: invalid JSON ({e.msg})") from None
-    meta = {k: summary.get(k) for k in ("run_dir", "config", "task", "settings")}
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise HarnessError(f"{path}: invalid JSON ({getattr(e, 'msg', None) or e.reason})") from None
+    check_summary(summary, path)
+    meta = {k: summary[k] for k in ("run_dir", "config", "task", "settings") if k in summary}
     meta["title"] = Path(out).name
     return render_report(tidy_frame(summary), meta, out, overwrite=overwrite)
 
@@ -304,7 +397,13 @@ def leaderboard(reports: Sequence[str | Path], opponent: str = "sft", judge: str
         csv = Path(rep) / "metrics.csv"
         if not csv.is_file():
             raise HarnessError(f"{csv}: not a report directory (no metrics.csv)")
-        df = pd.read_csv(csv)
+        try:
+            df = pd.read_csv(csv)
+        except ValueError as e:   # pandas' empty-file and parser errors, a non-UTF-8 file
+            raise HarnessError(f"{csv}: not a readable CSV ({(str(e).strip().splitlines() or [type(e).__name__])[0]})") from None
+        missing = [c for c in COLUMNS if c not in df.columns]
+        if missing:
+            raise HarnessError(f"{csv}: missing column(s) {', '.join(missing)} (not a metrics.csv written by `warp report`)")
         lb = sxs_table(df, opponent)
         lb = lb[lb.judge == judge]
         wide = score_table(df).set_index("point")

@@ -43,20 +43,6 @@ def load_policy(spec: str | os.PathLike, what: str = "checkpoint", trust_remote_
     return model, tok
 
 
-def checkpoint_hash(path: str | os.PathLike) -> str:
-    """sha256 over the bytes of a checkpoint's *.safetensors files (sorted by name): its content hash."""
-    files = sorted(Path(path).glob("*.safetensors"))
-    if not files:
-        raise HarnessError(f"no *.safetensors weights in {path}")
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.name.encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                h.update(chunk)
-    return h.hexdigest()
-
-
 def liti_hash(sft_hash: str, slerp_hash: str, eta: float) -> str:
     """Content hash of the in-memory LITI point (1−η)·θ_sft + η·θ_slerp; the endpoints are the checkpoints."""
     if eta == 0.0:
@@ -102,7 +88,7 @@ def score_policy(model, tokenizer, sft_model, prompts: Sequence[dict], rewards: 
     records: list[dict] = []
     T = generation.temperature
     batches = range(0, len(prompts), batch_size)
-    for b, start in enumerate(tqdm(batches, desc=desc, leave=False, unit="batch")):
+    for b, start in enumerate(tqdm(batches, desc=desc, leave=False, unit="batch", disable=None)):
         chunk = prompts[start:start + batch_size]
         texts = [r["prompt"] for r in chunk]
         s = sample(model, tokenizer, texts, max_new_tokens=generation.max_new_tokens, temperature=T,

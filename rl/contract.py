@@ -140,7 +140,20 @@ def _tname(types: type | tuple) -> str:
     return " or ".join("null" if t is type(None) else t.__name__ for t in types)
 
 
-def _get(obj: dict, key: str, types: type | tuple, where: str, default: Any = ...) -> Any:
+class _Where:
+    """A position in a manifest for messages: 'FILE: key.path' (the file, then the key path)."""
+
+    def __init__(self, source: str, path: str = "") -> None:
+        self.source, self.path = source, path
+
+    def __truediv__(self, key: str) -> "_Where":
+        return _Where(self.source, f"{self.path}{key}" if key.startswith("[") or not self.path else f"{self.path}.{key}")
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.path}" if self.path else self.source
+
+
+def _get(obj: dict, key: str, types: type | tuple, where: _Where, default: Any = ...) -> Any:
     if key not in obj:
         if default is ...:
             raise ContractError(f"{where}: missing key {key!r}")
@@ -148,52 +161,54 @@ def _get(obj: dict, key: str, types: type | tuple, where: str, default: Any = ..
     value = obj[key]
     allowed = types if isinstance(types, tuple) else (types,)
     if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
-        raise ContractError(f"{where}.{key}: expected {_tname(types)}, got {value!r}")
+        raise ContractError(f"{where / key}: expected {_tname(types)}, got {value!r}"[:300])
     return value
 
 
-def parse_manifest(data: Any, where: str = MANIFEST, complete_sft: bool = True) -> Manifest:
-    """Validate a manifest's JSON form (no file-system checks); ContractError names the key.
+def parse_manifest(data: Any, source: str = MANIFEST, complete_sft: bool = True) -> Manifest:
+    """Validate a manifest's JSON form (no file-system checks); ContractError names the file, then
+    the key path ('run/manifest.json: checkpoints[1].role: ...').
 
     `complete_sft=False` (the writer resuming its own directory) accepts a manifest written before
     the sft checkpoint was added; readers need exactly one."""
+    where = _Where(source)
     if not isinstance(data, dict):
         raise ContractError(f"{where}: expected a JSON object")
     fmt = _get(data, "format", int, where)
     if fmt not in SUPPORTED_FORMATS:
-        raise ContractError(f"{where}.format: unsupported manifest format {fmt!r} "
+        raise ContractError(f"{where / 'format'}: unsupported manifest format {fmt!r} "
                             f"(this version reads {', '.join(map(str, SUPPORTED_FORMATS))})")
     config = _get(data, "config", dict, where, default={})
     t = _get(data, "task", dict, where)
-    tw = f"{where}.task"
+    tw = where / "task"
     prompts = _get(t, "prompts", dict, tw)
     if "test" not in prompts:
-        raise ContractError(f"{tw}.prompts: missing key 'test' (the held-out prompts the harness scores)")
+        raise ContractError(f"{tw / 'prompts'}: missing key 'test' (the held-out prompts the harness scores)")
     for split, rel in prompts.items():
         if not isinstance(rel, str):
-            raise ContractError(f"{tw}.prompts.{split}: expected a path, got {rel!r}")
+            raise ContractError(f"{tw / 'prompts' / split}: expected a path, got {rel!r}")
     try:
-        gen = from_mapping(GenerationConfig, _get(t, "generation", dict, tw, default={}), where=f"{tw}.generation")
+        gen = from_mapping(GenerationConfig, _get(t, "generation", dict, tw, default={}), where="task.generation")
     except ConfigError as e:
-        raise ContractError(str(e)) from None
+        raise ContractError(f"{where}: {e}") from None
     task = Task(prompts=dict(prompts), reward_model=_get(t, "reward_model", str, tw),
                 reward_with_prompt=_get(t, "reward_with_prompt", bool, tw, False),
                 control_reward=_get(t, "control_reward", str, tw, "vader"), generation=gen)
     cps = []
     for i, c in enumerate(_get(data, "checkpoints", list, where)):
-        cw = f"{where}.checkpoints[{i}]"
+        cw = where / "checkpoints" / f"[{i}]"
         if not isinstance(c, dict):
-            raise ContractError(f"{cw}: expected an object, got {c!r}")
+            raise ContractError(f"{cw}: expected an object, got {c!r}"[:300])
         role = _get(c, "role", str, cw)
         if role not in ROLES:
-            raise ContractError(f"{cw}.role: {role!r} is not one of {list(ROLES)}")
+            raise ContractError(f"{cw / 'role'}: {role!r} is not one of {list(ROLES)}")
         run = _get(c, "run", (int, type(None)), cw, None)
         if role == "run" and run is None:
-            raise ContractError(f"{cw}.run: a role 'run' checkpoint needs a run number")
+            raise ContractError(f"{cw / 'run'}: a role 'run' checkpoint needs a run number")
         cps.append(Checkpoint(_get(c, "path", str, cw), _get(c, "iteration", int, cw), run, role, _get(c, "step", int, cw, 0)))
     n_sft = sum(c.role == "sft" for c in cps)
     if n_sft > 1 or (n_sft == 0 and complete_sft):
-        raise ContractError(f"{where}.checkpoints: expected exactly one role 'sft' checkpoint, found {n_sft}")
+        raise ContractError(f"{where / 'checkpoints'}: expected exactly one role 'sft' checkpoint, found {n_sft}")
     return Manifest(task=task, config=config, checkpoints=cps, complete=_get(data, "complete", bool, where, True),
                     format=fmt)
 
@@ -218,9 +233,9 @@ def read_manifest(run_dir: str | Path, check_files: bool = True) -> Manifest:
     if check_files:
         for split, rel in m.task.prompts.items():
             if not (run_dir / rel).is_file():
-                raise ContractError(f"{mpath}.task.prompts.{split}: prompt file {run_dir / rel} does not exist")
+                raise ContractError(f"{mpath}: task.prompts.{split}: prompt file {run_dir / rel} does not exist")
         for i, c in enumerate(m.checkpoints):
-            cw = f"{mpath}.checkpoints[{i}].path"
+            cw = f"{mpath}: checkpoints[{i}].path"
             if not c.path.is_dir():
                 raise ContractError(f"{cw}: checkpoint directory {run_dir / c.rel} does not exist")
             if not any(c.path.glob("*.safetensors")):

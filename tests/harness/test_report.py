@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from harness.manifest import HarnessError
-from harness.report import front_table, leaderboard, render_report, score_table, sxs_table, tidy_frame
+from harness.report import PARETO_RULES, front_table, leaderboard, render_report, score_table, sxs_table, tidy_frame
 from tests.harness.fixtures import fixed_frame
 
 
@@ -17,9 +17,14 @@ def csv_frame(tmp_path):
 
 
 def test_report_renders_from_fixed_csv(csv_frame, tmp_path):
-    out = render_report(csv_frame, {"title": "fixed", "config": {"beta": 0.1}, "settings": {"n_prompts": 8, "limit": 5}},
-                        tmp_path / "rep")
+    meta = {"title": "fixed", "config": {"beta": 0.1}, "settings": {"n_prompts": 8, "limit": 5},
+            "task": {"generation": {"temperature": 0.7, "max_new_tokens": 16}}}
+    out = render_report(csv_frame, meta, tmp_path / "rep")
     md = (out / "report.md").read_text()
+    # the KL definition, with the eval's temperature; the CSV has no paired flags: the unpaired rule, said so
+    assert ("KL(π^T‖π_sft^T), the KL between the tempered sampling distributions at T = 0.7 (logits/T), "
+            "k1 and k3 Monte Carlo estimates over sampled completions") in md
+    assert PARETO_RULES["unpaired"] in md and PARETO_RULES["paired"] not in md
     for f in ("pareto.png", "reward_vs_eta.png", "proxy_vs_control.png", "leaderboard.png"):
         assert (out / f).stat().st_size > 10_000 and f"]({f})" in md
     # the Pareto table of iteration 2 carries the CSV's numbers: η=0.7 has KL 1.176 and reward 0.658
@@ -39,7 +44,12 @@ def test_tables_from_frame(csv_frame):
     wide = score_table(csv_frame)
     assert len(wide) == 1 + 2 * 4 + 2 * 2 * 3 + 1
     f = front_table(wide, 2)
-    assert f.eta.tolist() == [0.0, 0.3, 0.7, 1.0] and f.pareto.all()
+    assert f.eta.tolist() == [0.0, 0.3, 0.7, 1.0] and f.pareto.all() and set(f.pareto_rule) == {"unpaired"}
+    # a point clearly worse on both axes (beyond its and the better point's 95% intervals) loses its check
+    worse = wide.copy()
+    row = (worse.kind == "liti") & (worse.iteration == 2) & (worse.eta == 1.0)
+    worse.loc[row, "kl"], worse.loc[row, "reward"] = 2.0, 0.5
+    assert front_table(worse, 2).pareto.tolist() == [True, True, True, False]
     lb = sxs_table(csv_frame, "sft")
     row = lb[(lb.point == "iter1/eta=0.3") & (lb.judge == "proxy")].iloc[0]
     assert row.win_rate == pytest.approx(0.545) and row.win_rate_lo == pytest.approx(0.465)

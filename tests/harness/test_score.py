@@ -1,4 +1,5 @@
-"""KL estimators against exact enumeration, KL of a model to itself, and the other per-point metrics."""
+"""KL estimators against exact enumeration, each record against an independent sample and forward
+pass, and the other per-point metrics."""
 from __future__ import annotations
 
 import math
@@ -7,8 +8,9 @@ import pytest
 import torch
 
 from harness.manifest import Generation
-from harness.metrics import distinct_n, kl_estimates, mean_se, pareto_front
-from harness.score import checkpoint_hash, liti_hash, score_policy, summarize
+from harness.metrics import distinct_n, kl_estimates, mean_se
+from harness.cache import content_hash
+from harness.score import liti_hash, score_policy, summarize
 from tests.harness.rundir import perturbed
 from tests.tiny import save, tiny_causal_lm
 
@@ -65,14 +67,51 @@ def test_mc_kl_matches_exact_enumeration():
     assert abs(untempered - exact) > 8 * m["kl_k1_se"]
 
 
-def test_kl_of_model_against_itself_is_zero():
-    model, tok = tiny_causal_lm(seed=0)
-    prompts = [{"id": str(i), "prompt": p} for i, p in enumerate(["hello", "a b c", "xyz!", "q"] * 4)]
-    res = score_policy(model, tok, model, prompts, {}, Generation(max_new_tokens=5), seed=3, batch_size=5)
-    m = res.metrics
-    assert abs(m["kl_k1"]) <= 3 * m["kl_k1_se"] + 1e-6
-    assert abs(m["kl_k3"]) <= 3 * m["kl_k3_se"] + 1e-6
-    assert m["n"] == 16 and len(res.records) == 16
+@torch.no_grad()
+def test_each_record_matches_an_independent_sample_and_forward_pass():
+    """Per completion, against plain transformers calls: its tokens are what `generate` samples at the
+    configured temperature with the batch's seed; its kl_k1 / kl_k3 are the log-ratios of the POINT's
+    model and π_sft, summed over those tokens (EOS included), from a forward pass on that one unpadded
+    sequence with logits / T; its rewards are the reward functions applied to its own prompt and text."""
+    sft, tok = tiny_causal_lm(seed=0)
+    pol = perturbed(tiny_causal_lm(seed=0)[0], 0.05, seed=3)
+    texts = ["hello", "a b c", "xyz!", "q", "the movie was", "ok"]
+    prompts = [{"id": str(i), "prompt": p} for i, p in enumerate(texts)]
+    gen, seed, bs = Generation(max_new_tokens=6, temperature=T), 3, 4
+    rewards = {"reward": lambda ps, cs: torch.tensor([len(c) + 0.01 * len(p) for p, c in zip(ps, cs)], dtype=torch.float),
+               "control_reward": lambda ps, cs: torch.tensor([float(c.count("a") - p.count("a")) for p, c in zip(ps, cs)])}
+    res = score_policy(pol, tok, sft, prompts, rewards, gen, seed=seed, batch_size=bs)
+    eos = tok.eos_token_id
+
+    def sampled(temperature: float) -> list[list[int]]:
+        out = []
+        for b, start in enumerate(range(0, len(texts), bs)):
+            tok.padding_side = "left"
+            enc = tok(texts[start:start + bs], return_tensors="pt", padding=True)
+            torch.manual_seed(seed + b)
+            gen_ids = pol.generate(**enc, do_sample=True, temperature=temperature, top_p=1.0, top_k=0, max_new_tokens=6,
+                                   eos_token_id=[eos], pad_token_id=tok.pad_token_id)[:, enc.input_ids.shape[1]:]
+            out += [row[: row.index(eos) + 1] if eos in row else row for row in gen_ids.tolist()]
+        return out
+
+    def logps(model, prompt_ids: list[int], ids: list[int]) -> torch.Tensor:
+        seq = torch.tensor([prompt_ids + ids])
+        lp = torch.log_softmax(model(seq).logits[0, :-1].double() / T, -1)
+        return lp.gather(-1, seq[0, 1:, None])[-len(ids):, 0]
+
+    tokens = sampled(T)
+    kl = []
+    for rec, ids in zip(res.records, tokens):
+        assert rec["completion"] == tok.decode(ids, skip_special_tokens=True) and rec["length"] == len(ids)
+        assert rec["finished"] == (ids[-1] == eos)
+        log_ratio = logps(pol, tok(rec["prompt"]).input_ids, ids) - logps(sft, tok(rec["prompt"]).input_ids, ids)
+        assert rec["kl_k1"] == pytest.approx(log_ratio.sum().item(), abs=1e-4)
+        assert rec["kl_k3"] == pytest.approx((torch.expm1(-log_ratio) + log_ratio).sum().item(), abs=1e-4)
+        assert rec["reward"] == pytest.approx(len(rec["completion"]) + 0.01 * len(rec["prompt"]), abs=1e-5)
+        assert rec["control_reward"] == float(rec["completion"].count("a") - rec["prompt"].count("a"))
+        kl.append(rec["kl_k1"])
+    assert res.metrics["kl"] == pytest.approx(sum(kl) / len(kl)) and min(kl) != max(kl)
+    assert sampled(1.0) != tokens          # the same seeds at T = 1 sample other tokens: T was the configured one
 
 
 def test_kl_estimates_per_token_formulas():
@@ -109,11 +148,6 @@ def test_mean_se_and_distinct_n():
     assert math.isnan(distinct_n(["a"], 2))
 
 
-def test_pareto_front():
-    assert pareto_front([0, 1, 2, 1.5], [0.5, 0.7, 0.8, 0.6]) == [True, True, True, False]
-    assert pareto_front([0, float("nan")], [0.5, 0.9]) == [True, False]
-
-
 def test_summarize_and_rewards_in_records():
     model, tok = tiny_causal_lm(seed=0)
     prompts = [{"id": str(i), "prompt": "hi"} for i in range(6)]
@@ -138,9 +172,9 @@ def test_fixed_seed_reproduces_completions():
 
 def test_content_hashes(tmp_path):
     m, tok = tiny_causal_lm(seed=0)
-    a = checkpoint_hash(save(m, tok, tmp_path / "a"))
-    assert a == checkpoint_hash(save(m, tok, tmp_path / "b"))
-    assert a != checkpoint_hash(save(perturbed(m, 0.01, 0), tok, tmp_path / "c"))
+    a = content_hash(save(m, tok, tmp_path / "a"))
+    assert a == content_hash(save(m, tok, tmp_path / "b"))
+    assert a != content_hash(save(perturbed(m, 0.01, 0), tok, tmp_path / "c"))
     assert liti_hash("s", "l", 0.0) == "s" and liti_hash("s", "l", 1.0) == "l"
     assert liti_hash("s", "l", 0.3) != liti_hash("s", "l", 0.5)
 
