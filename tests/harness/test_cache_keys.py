@@ -115,7 +115,7 @@ def test_settings_name_device_sampling_and_chat_template(base):
     from harness.manifest import load_manifest, load_prompts
 
     m = load_manifest(run0)
-    s = evaluate.score_settings(m, load_prompts(m.task.prompts["test"], 3), "h", 0, 2, "cpu", HashIndex(ev0))
+    s = evaluate.score_settings(m, load_prompts(m.prompt_file("test"), 3), "h", 0, 2, "cpu", HashIndex(ev0))
     assert (s["device"], s["dtype"], s["engine"], s["version"]) == ("cpu", "float32", "hf", evaluate.SCORE_VERSION)
     assert set(s["generation"]) == {"max_new_tokens", "temperature", "top_p", "chat_template"}
     assert s["reward_model"] == f"sha256 {content_hash(run0 / 'rm')}" and s["control_reward"].startswith("vader ")
