@@ -108,6 +108,23 @@ class WarpConfig:
 
 
 @dataclass
+class EngineConfig:
+    """The sampling engine (rl.engine): vLLM where it can run, else transformers."""
+
+    name: Literal["auto", "vllm", "hf"] = "auto"     # auto: vllm when installed and able to run the policy
+    dtype: Literal["float32", "bfloat16"] = "float32"  # vLLM's weights; float32 keeps rollouts on-policy
+    max_model_len: int = 2048                          # prompt + completion tokens per request (vLLM)
+    kv_cache_gib: float = 2.0                          # CPU: VLLM_CPU_KVCACHE_SPACE
+    gpu_memory_utilization: float = 0.3                # CUDA: the colocated engine's share of GPU memory
+
+    def validate(self) -> None:
+        _check(self.max_model_len >= 16, f"engine.max_model_len must be ≥ 16, got {self.max_model_len}")
+        _check(self.kv_cache_gib > 0, f"engine.kv_cache_gib must be > 0, got {self.kv_cache_gib}")
+        _check(0 < self.gpu_memory_utilization < 1,
+               f"engine.gpu_memory_utilization must be in (0, 1), got {self.gpu_memory_utilization}")
+
+
+@dataclass
 class RLConfig:
     """One WARP experiment (or a plain REINFORCE baseline)."""
 
@@ -119,8 +136,9 @@ class RLConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     reinforce: ReinforceConfig = field(default_factory=ReinforceConfig)
     warp: WarpConfig = field(default_factory=WarpConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
     eval_prompts: int = 32                 # prompts written to prompts/{validation,test}.jsonl
-    log_kl_sft: bool = True                # one extra log-prob pass per step for the kl_sft metric
+    kl_sft_every: int = 1                  # the kl_sft metric (one π_sft log-prob pass) every N steps; 0: never
     seed: int = 0
     dtype: Literal["float32", "bfloat16"] = "float32"   # compute dtype of the forward passes (bf16: autocast);
                                            # parameters, Adam state and the EMA anchor are always float32
@@ -129,12 +147,14 @@ class RLConfig:
 
     def validate(self) -> None:
         _check(self.eval_prompts >= 1, f"eval_prompts must be ≥ 1, got {self.eval_prompts}")
+        _check(self.kl_sft_every >= 0, f"kl_sft_every must be ≥ 0, got {self.kl_sft_every}")
         _check(self.threads is None or self.threads >= 1, f"threads must be ≥ 1, got {self.threads}")
 
 
 # Keys that do not change the weights a run produces (how it runs, not what it computes): a run
 # directory may be resumed with other values for them. Everything else must match to resume.
-RUNTIME_KEYS = ("threads", "device", "warp.parallel", "warp.state_every")
+RUNTIME_KEYS = ("threads", "device", "warp.parallel", "warp.state_every", "engine.max_model_len", "engine.kv_cache_gib",
+                "engine.gpu_memory_utilization")
 
 
 def without_runtime_keys(config: dict) -> dict:

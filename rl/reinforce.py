@@ -18,6 +18,7 @@ import torch
 
 import merge
 from merge.errors import WarpError
+from rl.engine import HFEngine
 from rl.sampling import Samples, kl_estimates, sample, token_logprobs
 
 from .config import GenerationConfig, ReinforceConfig
@@ -105,11 +106,16 @@ class StepResult:
 
 def reinforce_step(policy, anchor, sft, tokenizer, prompts: Sequence[str], reward_fn, control_fn,
                    cfg: ReinforceConfig, gen: GenerationConfig, optimizer, scheduler, seed: int,
-                   ema_anchor: bool = True, compute_dtype: torch.dtype | None = None) -> StepResult:
+                   ema_anchor: bool = True, compute_dtype: torch.dtype | None = None, engine=None) -> StepResult:
     """One REINFORCE step on `prompts` (each sampled k = samples_per_prompt times, consecutive rows).
 
     `anchor` is the EMA anchor (updated in place after the optimizer step when `ema_anchor`) or the
     fixed SFT policy; `sft` (or None) only feeds the kl_sft metric. Returns metrics (times in s).
+
+    `engine` (rl.engine; default: transformers on `policy`) samples the rollouts: the policy's
+    current weights are pushed into it first (in memory), then the loss and KL log-probs are
+    computed by the trained model itself. metrics `logprob_gap_mean/max` are |engine − trainer|
+    per sampled token, so off-policy drift between the two is visible.
 
     One temperature: completions are sampled from π_θ^T (logits / T, T = gen.temperature), and every
     log-probability that feeds the loss, the KL penalty and the metrics is of the tempered policies
@@ -126,8 +132,11 @@ def reinforce_step(policy, anchor, sft, tokenizer, prompts: Sequence[str], rewar
         if m is not None:
             m.eval()
     t0 = time.perf_counter()
+    engine = engine if engine is not None else HFEngine(policy, tokenizer)
+    engine.set_weights(policy)
+    t_push = time.perf_counter()
     with amp:
-        s = sample(policy, tokenizer, rows, max_new_tokens=gen.max_new_tokens, temperature=T,
+        s = sample(engine, tokenizer, rows, max_new_tokens=gen.max_new_tokens, temperature=T,
                    top_p=gen.top_p, seed=seed, chat_template=gen.chat_template)
     t1 = time.perf_counter()
     reward = torch.as_tensor(reward_fn(rows, s.completions)).float()
@@ -167,6 +176,8 @@ def reinforce_step(policy, anchor, sft, tokenizer, prompts: Sequence[str], rewar
         merge.ema_update(anchor, policy, cfg.mu)
     t6 = time.perf_counter()
     n_tok = lengths.clamp(min=1).float()
+    mask = s.completion_mask.bool()
+    gap = (s.engine_logprobs.to(tok_logp.device) - tok_logp.detach())[mask].abs() if s.engine_logprobs is not None else None
     kl_sft = kl_estimates(tok_logp.detach(), tok_sft, s.completion_mask)[0] if tok_sft is not None else None
     metrics = {
         "reward": float(reward.mean()), "control_reward": float(control.mean()),
@@ -176,7 +187,10 @@ def reinforce_step(policy, anchor, sft, tokenizer, prompts: Sequence[str], rewar
         "length": float(lengths.float().mean()), "finished": float(s.finished.float().mean()),
         "entropy": float((-seq_logp.detach().cpu() / n_tok).mean()),   # MC estimate, nats/token, of π_θ^T
         "loss": float(loss.detach()), "grad_norm": float(grad_norm), "lr": float(lr),
-        "time_generate": t1 - t0, "time_reward": t2 - t1, "time_logprob_ref": t3 - t2,
+        "logprob_gap_mean": float(gap.mean()) if gap is not None and gap.numel() else None,
+        "logprob_gap_max": float(gap.max()) if gap is not None and gap.numel() else None,
+        "engine": s.engine,
+        "time_push": t_push - t0, "time_generate": t1 - t_push, "time_reward": t2 - t1, "time_logprob_ref": t3 - t2,
         "time_logprob_policy": t4 - t3, "time_backward_optimizer": t5 - t4, "time_ema": t6 - t5,
     }
     return StepResult(metrics, s.completions, s, reward)

@@ -23,6 +23,7 @@ from merge.io import atomic_directory, atomic_write_json, atomic_write_text
 
 from .config import RLConfig
 from .contract import Task
+from .engine import get_engine, resolve_engine
 from .models import check_finite_weights, load_causal_lm, save_checkpoint
 from .reinforce import make_optimizer, reinforce_step
 from .rewards import task_rewards
@@ -166,7 +167,7 @@ def train_run(cfg: RLConfig, run_dir: str | Path, iteration: int, run: int, init
         policy = _apply_lora(policy, cfg)
     if rc.anchor == "ema":
         anchor = copy.deepcopy(policy).eval()   # θ_ema ← θ_init: the anchor starts AT θ_init, before any step
-        sft = load_causal_lm(str(run_dir / "sft"), dtype=torch.float32, device=dev)[0] if cfg.log_kl_sft else None
+        sft = load_causal_lm(str(run_dir / "sft"), dtype=torch.float32, device=dev)[0] if cfg.kl_sft_every else None
     else:
         # The paper's ablation: a fixed anchor at the SFT policy (for every iteration).
         anchor = sft = load_causal_lm(str(run_dir / "sft"), dtype=torch.float32, device=dev)[0]
@@ -184,6 +185,10 @@ def train_run(cfg: RLConfig, run_dir: str | Path, iteration: int, run: int, init
     reward = reward_fn or rewards["reward"]
     control = rewards["control_reward"]
     save_dtype = _dtype(cfg.warp.storage_dtype)
+    ec = cfg.engine
+    engine = get_engine(resolve_engine(ec.name, run_dir / init), policy, tok, model_dir=run_dir / init, dtype=ec.dtype,
+                        max_model_len=ec.max_model_len, kv_cache_gib=ec.kv_cache_gib,
+                        gpu_memory_utilization=ec.gpu_memory_utilization)
     bar = tqdm(total=T, initial=done, desc=f"iter {iteration} run {run}", disable=not progress, dynamic_ncols=True)
     for t in range(done, T):
         if stop_after is not None and t - done >= stop_after:
@@ -191,9 +196,10 @@ def train_run(cfg: RLConfig, run_dir: str | Path, iteration: int, run: int, init
             raise KeyboardInterrupt(f"simulated kill after step {t}")
         prompts = batch_prompts(train_prompts, rc.batch_prompts, cfg.seed, iteration, run, t)
         try:
-            res = reinforce_step(policy, anchor, sft, tok, prompts, reward, control, rc, cfg.generation, optimizer,
-                                 scheduler, step_seed(cfg.seed, iteration, run, t), ema_anchor=rc.anchor == "ema",
-                                 compute_dtype=amp)
+            log_sft = sft is anchor or (cfg.kl_sft_every and (t + 1) % cfg.kl_sft_every == 0)
+            res = reinforce_step(policy, anchor, sft if log_sft else None, tok, prompts, reward, control, rc,
+                                 cfg.generation, optimizer, scheduler, step_seed(cfg.seed, iteration, run, t),
+                                 ema_anchor=rc.anchor == "ema", compute_dtype=amp, engine=engine)
         except WarpError as e:   # NonFiniteError, or a merge refusing a non-finite EMA input
             bar.close()
             raise type(e)(f"iteration {iteration}, run {run}, step {t + 1}: {e}; the run stopped "

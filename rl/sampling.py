@@ -19,9 +19,11 @@ import torch
 class Samples:
     """A batch of sampled completions.
 
-    input_ids, attention_mask, completion_mask: [B, P + C] (P padded prompt length, C generated
-    length); completion_mask is 1 on generated tokens up to and including the first EOS.
-    finished: [B] bool, True where the completion ended with EOS within max_new_tokens.
+    input_ids, attention_mask, completion_mask: [B, P + C] (P padded prompt length, C longest
+    completion); prompts are left-padded, completions right-padded; completion_mask is 1 on
+    generated tokens up to and including the first EOS. finished: [B] bool, True where the
+    completion ended with EOS within max_new_tokens. engine_logprobs: [B, P + C], the engine's
+    log-probability of each sampled token under the distribution it was drawn from (0 elsewhere).
     """
 
     prompts: list[str]
@@ -31,6 +33,8 @@ class Samples:
     completion_mask: torch.Tensor
     prompt_length: int
     finished: torch.Tensor
+    engine_logprobs: torch.Tensor | None = None
+    engine: str = "hf"
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -46,48 +50,49 @@ def format_prompts(tokenizer, prompts: Sequence[str], chat_template: bool = Fals
             for p in prompts]
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
-    ids = model.generation_config.eos_token_id if model.generation_config is not None else None
-    ids = [ids] if isinstance(ids, int) else list(ids or [])
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
-    return ids
+def encode_prompts(tokenizer, prompts: Sequence[str], chat_template: bool = False) -> list[list[int]]:
+    """Token ids of each prompt (the chat template already holds its special tokens)."""
+    return [tokenizer(t, add_special_tokens=not chat_template).input_ids
+            for t in format_prompts(tokenizer, prompts, chat_template)]
+
+
+def to_samples(tokenizer, prompts: Sequence[str], prompt_ids: Sequence[Sequence[int]], completions, engine: str) -> Samples:
+    """Lay out engine completions as a Samples batch (what the log-prob passes read)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    P = max(len(p) for p in prompt_ids)
+    C = max(1, max(len(c.token_ids) for c in completions))
+    B = len(prompt_ids)
+    ids = torch.full((B, P + C), pad, dtype=torch.long)
+    att = torch.zeros((B, P + C), dtype=torch.long)
+    comp = torch.zeros((B, P + C), dtype=torch.long)
+    elp = torch.zeros((B, P + C), dtype=torch.float32)
+    for i, (p, c) in enumerate(zip(prompt_ids, completions)):
+        n = len(c.token_ids)
+        ids[i, P - len(p):P] = torch.tensor(list(p), dtype=torch.long)
+        att[i, P - len(p):P + n] = 1
+        if n:
+            ids[i, P:P + n] = torch.tensor(c.token_ids, dtype=torch.long)
+            comp[i, P:P + n] = 1
+            elp[i, P:P + n] = torch.tensor(c.logprobs, dtype=torch.float32)
+    texts = [tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in completions]
+    finished = torch.tensor([c.finished for c in completions], dtype=torch.bool)
+    return Samples(list(prompts), texts, ids, att, comp, P, finished, elp, engine)
 
 
 @torch.no_grad()
-def sample(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.9,
+def sample(engine, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.9,
            top_p: float = 1.0, seed: int | None = None, chat_template: bool = False) -> Samples:
-    """Sample one completion per prompt (pure ancestral sampling at `temperature`: no top-k).
+    """Sample one completion per prompt (ancestral sampling at `temperature`, top-p, no top-k) with
+    `engine` (rl.engine: vLLM or transformers; a plain transformers model is wrapped as the latter).
 
-    With `seed`, the global torch RNG is seeded first, so the same model, prompts and seed give
-    the same completions.
+    With `seed`, the same engine, weights, prompts and seed give the same completions.
     """
-    texts = format_prompts(tokenizer, prompts, chat_template)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not chat_template)
-    device = next(model.parameters()).device
-    enc = {k: v.to(device) for k, v in enc.items()}
-    eos = _eos_ids(model, tokenizer)
-    if seed is not None:
-        torch.manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    out = model.generate(**enc, do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
-                         max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
-    model.train(was_training)
-    p = enc["input_ids"].shape[1]
-    gen = out[:, p:]
-    is_eos = torch.isin(gen, torch.tensor(eos, device=gen.device))
-    # Mask generated tokens up to and including the first EOS.
-    after_eos = (is_eos.cumsum(-1) - is_eos.long()) > 0
-    gen_mask = (~after_eos).long()
-    finished = is_eos.any(-1)
-    completion_mask = torch.cat([torch.zeros_like(enc["input_ids"]), gen_mask], dim=1)
-    attention_mask = torch.cat([enc["attention_mask"], gen_mask], dim=1)
-    completions = [tokenizer.decode(g[m.bool()], skip_special_tokens=True) for g, m in zip(gen, gen_mask)]
-    return Samples(list(prompts), completions, out, attention_mask, completion_mask, p, finished.cpu())
+    from .engine import Settings, as_engine
+
+    eng = as_engine(engine, tokenizer)
+    ids = encode_prompts(tokenizer, prompts, chat_template)
+    comps = eng.generate(ids, Settings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p), seed)
+    return to_samples(tokenizer, prompts, ids, comps, eng.name)
 
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -18,6 +18,8 @@ import merge
 from merge.errors import WarpError
 
 from .config import RLConfig
+from .engine import resolve_engine
+from .models import resolve_model
 from .rundir import RunDir
 from .run import train_run
 
@@ -25,6 +27,8 @@ from .run import train_run
 def warp(cfg: RLConfig, out: str | Path, progress: bool = True, **run_kwargs) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)   # once, before any work: a resumed process merges like the first
+    # 'auto' becomes the engine that will sample, so the run directory records (and a resume checks) it
+    cfg.engine.name = resolve_engine(cfg.engine.name, resolve_model(cfg.policy))
     with RunDir.open(out, cfg) as rd:   # checks inputs; refuses another config's run dir; locks it
         try:
             rd.prepare(progress=progress)                  # sft checkpoint, prompt files, reward model

@@ -250,7 +250,7 @@ def test_a_second_writer_is_refused(tiny_rl_config, tmp_path, capsys):
     from harness.cli import main
     from rl.rundir import RunDir
 
-    mapping = tiny_rl_config(warp={"iterations": 1, "steps": 1, "save_every": 0})
+    mapping = tiny_rl_config(warp={"iterations": 1, "steps": 1, "save_every": 0}, engine={"name": "hf"})
     out = tmp_path / "run"
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(mapping))
