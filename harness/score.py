@@ -61,6 +61,7 @@ def same_vocabulary(tok_a, tok_b) -> bool:
 class PointScore:
     metrics: dict[str, float]
     records: list[dict]
+    engine: str = "hf"          # the engine that sampled the completions
 
 
 @torch.no_grad()
@@ -76,7 +77,8 @@ def kl_on_samples(model, sft_model, samples, temperature: float) -> tuple[torch.
 
 @torch.no_grad()
 def score_policy(model, tokenizer, sft_model, prompts: Sequence[dict], rewards: Mapping[str, object],
-                 generation: Generation, seed: int = 0, batch_size: int = 16, desc: str = "score") -> PointScore:
+                 generation: Generation, seed: int = 0, batch_size: int = 16, desc: str = "score",
+                 engine=None) -> PointScore:
     """Sample one completion per prompt and score it.
 
     prompts: records {"id", "prompt"}; rewards: name -> RewardModel ((prompts, completions) -> [B]),
@@ -91,7 +93,8 @@ def score_policy(model, tokenizer, sft_model, prompts: Sequence[dict], rewards: 
     for b, start in enumerate(tqdm(batches, desc=desc, leave=False, unit="batch", disable=None)):
         chunk = prompts[start:start + batch_size]
         texts = [r["prompt"] for r in chunk]
-        s = sample(model, tokenizer, texts, max_new_tokens=generation.max_new_tokens, temperature=T,
+        s = sample(engine if engine is not None else model, tokenizer, texts, max_new_tokens=generation.max_new_tokens,
+                   temperature=T,
                    top_p=generation.top_p, seed=seed + b, chat_template=generation.chat_template)
         if sft_model is not None:
             k1, k3 = kl_on_samples(model, sft_model, s, T)
@@ -104,7 +107,7 @@ def score_policy(model, tokenizer, sft_model, prompts: Sequence[dict], rewards: 
                    "kl_k1": float(k1[i]), "kl_k3": float(k3[i])}
             rec.update({name: float(v[i]) for name, v in scores.items()})
             records.append(rec)
-    return PointScore(summarize(records, list(rewards)), records)
+    return PointScore(summarize(records, list(rewards)), records, engine.name if engine is not None else "hf")
 
 
 def summarize(records: Sequence[dict], reward_names: Sequence[str]) -> dict[str, float]:

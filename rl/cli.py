@@ -8,6 +8,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("run", help="run WARP (Algorithm 1) or a plain REINFORCE baseline; resumable")
     p.add_argument("config", help="RL config YAML (see configs/quick.yaml)")
     p.add_argument("--out", required=True, help="run directory (re-run the same command to resume)")
+    p.add_argument("--engine", default=None, choices=["auto", "vllm", "hf"],
+                   help="sampling engine for the rollouts (overrides the config's engine.name)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run)
 
@@ -28,6 +30,8 @@ def _run(args) -> int:
     from .warp import warp
 
     cfg = load_config(RLConfig, args.config)
+    if args.engine is not None:
+        cfg.engine.name = args.engine
     out = warp(cfg, args.out, progress=not args.no_progress)
     print(f"run directory: {out}")
     return 0

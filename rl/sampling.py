@@ -103,6 +103,8 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     completions were sampled from; both the RL loop and the harness pass the sampling temperature.
     Differentiable when called with grad enabled (the policy-gradient pass).
     """
+    device = next(model.parameters()).device
+    input_ids, attention_mask, completion_mask = (t.to(device) for t in (input_ids, attention_mask, completion_mask))
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
     logits = logits[:, :-1].float()
@@ -126,8 +128,8 @@ def kl_estimates(logp: torch.Tensor, logp_ref: torch.Tensor, completion_mask: to
     Both have expectation KL(π‖π_ref) over y ~ π. The RL loop's KL penalty and metrics and the
     harness's KL column all come from this one function.
     """
-    mask = completion_mask.to(logp.dtype)
-    log_ratio = (logp - logp_ref) * mask            # log π/π_ref per token
+    mask = completion_mask.to(device=logp.device, dtype=logp.dtype)
+    log_ratio = (logp - logp_ref.to(logp.device)) * mask            # log π/π_ref per token
     k1 = log_ratio.sum(-1)
     log_rho = -log_ratio
     k3 = ((torch.exp(log_rho) - 1.0 - log_rho) * mask).sum(-1)

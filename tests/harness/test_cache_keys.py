@@ -102,12 +102,24 @@ def test_a_changed_ingredient_recomputes_exactly_its_points(base, tmp_path, case
             assert p["metrics"]["reward"] == pytest.approx(1 - old[p["name"]], abs=1e-5)
 
 
-@pytest.mark.parametrize("constant", ["SCORE_VERSION", "ENGINE", "DTYPE"])
-def test_scoring_code_engine_and_dtype_are_in_the_key(base, tmp_path, monkeypatch, constant):
+@pytest.mark.parametrize("constant", ["SCORE_VERSION", "DTYPE"])
+def test_scoring_code_and_dtype_are_in_the_key(base, tmp_path, monkeypatch, constant):
     run0, ev0, _ = base
     shutil.copytree(ev0, tmp_path / "eval")
-    monkeypatch.setattr(evaluate, constant, {"SCORE_VERSION": 999, "ENGINE": "other", "DTYPE": "bfloat16"}[constant])
+    monkeypatch.setattr(evaluate, constant, {"SCORE_VERSION": 999, "DTYPE": "bfloat16"}[constant])
     assert set(run_eval(run0, tmp_path / "eval", **ARGS)["computed"]) == POINTS
+
+
+def test_engine_and_its_dtype_are_in_the_key(base):
+    from harness.manifest import load_manifest, load_prompts
+
+    run0, ev0, _ = base
+    m = load_manifest(run0)
+    prompts = load_prompts(m.prompt_file("test"), 3)
+    key = lambda **k: evaluate.score_settings(m, prompts, "h", 0, 2, "cpu", HashIndex(ev0), **k)  # noqa: E731
+    hf, v32, v16 = key(engine="hf"), key(engine="vllm", engine_dtype="float32"), key(engine="vllm", engine_dtype="bfloat16")
+    assert hf != v32 != v16 != hf
+    assert key(engine="hf", engine_dtype="bfloat16") == hf      # transformers samples in the scoring dtype
 
 
 def test_settings_name_device_sampling_and_chat_template(base):
