@@ -1,8 +1,9 @@
 """GSM8K / MATH-style benchmarks through lm-eval.
 
-Each point is a checkpoint on disk (LITI points are saved once into EVAL_DIR/checkpoints/<hash>
-with `rl.models.save_checkpoint`) and evaluated with lm-eval's `vllm` backend when vLLM is present
-and the device is CUDA, else `hf`. Tasks: the project's offline ones in harness/tasks
+Each point is evaluated by the project's lm-eval model (`harness.lm_eval_model.WarpLM`, registered
+as `warp`) over the scorer's sampling engine: its weights (a LITI point built in memory, or a
+checkpoint) are pushed into the running engine — vLLM where it runs, else transformers — and no
+checkpoint is written to be read back. Tasks: the project's offline ones in harness/tasks
 (`champ_math`, `synth_gsm8k`) and any lm-eval task by name (`gsm8k`, `gsm8k_cot`, `minerva_math`,
 `hendrycks_math500`, ...; those need their datasets from the hub). Results are cached per
 (checkpoint content hash, task, settings); the settings name the task's content (`task_fingerprint`),
@@ -11,7 +12,6 @@ limit, few-shot count, generation overrides, seeds, backend, device, dtype and b
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import math
@@ -25,8 +25,7 @@ from .manifest import HarnessError
 TASKS_DIR = Path(__file__).parent / "tasks"
 LOCAL_TASKS = ("champ_math", "synth_gsm8k")
 PASS_THROUGH = ("gsm8k", "gsm8k_cot", "minerva_math", "hendrycks_math500")
-BATCH_SIZE = 8        # lm-eval's batch size (padding can change greedy outputs, so it is part of the key)
-DTYPE = "auto"        # lm-eval loads the checkpoint in its saved dtype
+DTYPE = "float32"     # the transformers weights (scoring passes; the HF engine's generation)
 
 _manager = None
 
@@ -96,29 +95,19 @@ def task_fingerprint(name: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def backend(device: str) -> str:
-    """'vllm' when vLLM is importable and `device` is CUDA, else 'hf'."""
-    return "vllm" if importlib.util.find_spec("vllm") is not None and device.startswith("cuda") else "hf"
-
-
-def evaluate_checkpoint(path: str | Path, tasks: Sequence[str], limit: int | None = None, num_fewshot: int | None = None,
-                        gen_kwargs: dict | None = None, seed: int = 0, device: str = "cpu") -> list[dict]:
-    """Run lm-eval on one checkpoint directory. Returns rows {task, metric, value, se}."""
+def evaluate_lm(lm, tasks: Sequence[str], limit: int | None = None, num_fewshot: int | None = None,
+                gen_kwargs: dict | None = None, seed: int = 0, what: str = "model") -> list[dict]:
+    """Run lm-eval `tasks` on an lm-eval model instance. Returns rows {task, metric, value, se}."""
     import lm_eval
 
-    be = backend(device)
-    model_args = {"pretrained": str(path), "dtype": DTYPE}
-    if be == "hf":
-        model_args["device"] = device
     try:
-        out = lm_eval.simple_evaluate(model=be, model_args=model_args, tasks=list(tasks), limit=limit,
-                                      num_fewshot=num_fewshot, batch_size=BATCH_SIZE, gen_kwargs=gen_kwargs,
-                                      task_manager=task_manager(), log_samples=False, random_seed=seed,
-                                      numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
-                                      bootstrap_iters=1000)  # for a mean metric the s.e. is closed-form
-    except Exception as e:  # noqa: BLE001 — a dataset the hub must provide, a model lm-eval cannot run
+        out = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), limit=limit, num_fewshot=num_fewshot,
+                                      gen_kwargs=gen_kwargs, task_manager=task_manager(), log_samples=False,
+                                      random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                                      fewshot_random_seed=seed, bootstrap_iters=1000)  # a mean's s.e. is closed-form
+    except Exception as e:  # noqa: BLE001 — a dataset the hub must provide, a request the model cannot serve
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise HarnessError(f"lm-eval on {path} ({', '.join(tasks)}): {first}") from None
+        raise HarnessError(f"lm-eval on {what} ({', '.join(tasks)}): {first}") from None
     rows = []
     for task, res in out["results"].items():
         for key, value in res.items():
@@ -131,27 +120,24 @@ def evaluate_checkpoint(path: str | Path, tasks: Sequence[str], limit: int | Non
     return rows
 
 
+def evaluate_checkpoint(path: str | Path, tasks: Sequence[str], limit: int | None = None, num_fewshot: int | None = None,
+                        gen_kwargs: dict | None = None, seed: int = 0, device: str = "cpu", engine: str = "hf") -> list[dict]:
+    """Run lm-eval on one checkpoint directory (or alias / hub id) through `WarpLM`."""
+    from .lm_eval_model import WarpLM
+
+    lm = WarpLM(pretrained=str(path), engine=engine, device=device, seed=seed)
+    return evaluate_lm(lm, tasks, limit=limit, num_fewshot=num_fewshot, gen_kwargs=gen_kwargs, seed=seed, what=str(path))
+
+
 def bench_settings(task: str, limit: int | None, num_fewshot: int | None, gen_kwargs: dict | None, seed: int,
-                   device: str) -> dict:
+                   device: str, engine: str = "hf", engine_dtype: str | None = None) -> dict:
     """Everything a cached lm-eval result depends on besides the checkpoint's content."""
     import lm_eval
 
     return {"task": task, "task_fingerprint": task_fingerprint(task), "lm_eval": lm_eval.__version__,
             "limit": limit, "num_fewshot": num_fewshot, "gen_kwargs": gen_kwargs, "seed": seed,
-            "backend": backend(device), "device": device.split(":")[0], "dtype": DTYPE, "batch_size": BATCH_SIZE}
-
-
-def point_checkpoint(point, scorer, out: Path) -> Path | str:
-    """The point as a checkpoint directory: its own path, or the LITI weights saved under EVAL_DIR."""
-    if point.path is not None:
-        return Path(point.path) if Path(point.path).exists() else point.path
-    target = out / "checkpoints" / point.hash[:16]
-    if not (target / "config.json").is_file():   # written atomically: present means complete
-        from rl.models import save_checkpoint
-
-        model, tok = scorer.liti_model(point)
-        save_checkpoint(model, tok, target, overwrite=True)
-    return target
+            "model": "warp", "engine": engine, "engine_dtype": engine_dtype if engine == "vllm" else None,
+            "device": device.split(":")[0], "dtype": DTYPE}
 
 
 def run_benchmarks(points, scorer, cache, out: Path, tasks: Sequence[str], limit: int | None = None,
@@ -163,19 +149,26 @@ def run_benchmarks(points, scorer, cache, out: Path, tasks: Sequence[str], limit
     """
     from tqdm.auto import tqdm
 
-    settings = {t: bench_settings(t, limit, num_fewshot, gen_kwargs, seed, scorer.device) for t in tasks}
+    from .lm_eval_model import WarpLM
+
+    settings = {t: bench_settings(t, limit, num_fewshot, gen_kwargs, seed, scorer.device, scorer.engine_name,
+                                  scorer.engine_dtype) for t in tasks}
     rows, done, computed = [], {}, []
     for p in tqdm(points, desc="lm-eval", unit="point", disable=None):
+        hits = {task: cache.get(p.hash, f"lmeval-{task}", settings[task]) for task in tasks if (p.hash, task) not in done}
+        missing = [task for task, hit in hits.items() if hit is None]
+        if missing:   # the point's weights go into the running engine once for all its tasks
+            model, tok, model_dir = scorer.point_model(p)
+            lm = WarpLM(model=model, tokenizer=tok, sampler=scorer.engine_for(model, tok, model_dir), seed=seed)
+            for task in missing:
+                res = evaluate_lm(lm, [task], limit=limit, num_fewshot=num_fewshot, gen_kwargs=gen_kwargs, seed=seed,
+                                  what=p.name)
+                cache.put(p.hash, f"lmeval-{task}", settings[task], {"rows": res})
+                computed.append(f"{p.name}:{task}")
+                hits[task] = {"value": {"rows": res}}
+            scorer.release(model)
+        for task, hit in hits.items():
+            done[(p.hash, task)] = hit["value"]["rows"]
         for task in tasks:
-            key = (p.hash, task)
-            if key not in done:
-                hit = cache.get(p.hash, f"lmeval-{task}", settings[task])
-                if hit is None:
-                    res = evaluate_checkpoint(point_checkpoint(p, scorer, out), [task], limit=limit, num_fewshot=num_fewshot,
-                                              gen_kwargs=gen_kwargs, seed=seed, device=scorer.device)
-                    cache.put(p.hash, f"lmeval-{task}", settings[task], {"rows": res})
-                    computed.append(f"{p.name}:{task}")
-                    hit = {"value": {"rows": res}}
-                done[key] = hit["value"]["rows"]
-            rows += [{"point": p.name, **r} for r in done[key]]
+            rows += [{"point": p.name, **r} for r in done[(p.hash, task)]]
     return rows, computed

@@ -255,6 +255,25 @@ class Scorer:
         self._work.load_state_dict(weights)
         return self._work, self.tok
 
+    def point_model(self, point: Point):
+        """(model, tokenizer, directory of its config) of a point: π_sft, the LITI work model loaded
+        in memory, or a checkpoint / baseline loaded from its path."""
+        if point.kind == "sft":
+            return self.sft_model, self.tok, self.m.sft.path
+        if point.kind == "liti":
+            return (*self.liti_model(point), self.m.sft.path)
+        model, tok = load_policy(point.path, "baseline" if point.kind == "baseline" else "checkpoint")
+        model.to(self.device)
+        from rl.models import resolve_model
+
+        return model, tok, Path(point.path) if Path(str(point.path)).is_dir() else Path(resolve_model(str(point.path)))
+
+    def release(self, model) -> None:
+        """Free a point's model unless it is one the scorer keeps (π_sft, the LITI work model)."""
+        if model is not self._work and model is not self.sft_model:
+            del model
+            gc.collect()
+
     def engine_for(self, model, tok, model_dir):
         """The sampling engine loaded with `model`'s weights (pushed in memory into the one running
         vLLM engine; a model of another architecture is sampled with transformers, with a warning)."""
@@ -272,16 +291,7 @@ class Scorer:
             value = dict(hit["value"])
             self.engine_used[point.name] = value.pop("engine", self.engine_name)
             return value
-        model_dir = self.m.sft.path
-        if point.kind == "sft":
-            model, tok = self.sft_model, self.tok
-        elif point.kind == "liti":
-            model, tok = self.liti_model(point)
-        else:
-            model, tok = load_policy(point.path, "baseline" if point.kind == "baseline" else "checkpoint")
-            model.to(self.device)
-            if Path(str(point.path)).is_dir():
-                model_dir = point.path
+        model, tok, model_dir = self.point_model(point)
         sft = self.sft_model if same_vocabulary(tok, self.tok) else None
         engine = self.engine_for(model, tok, model_dir)
         result = score_policy(model, tok, sft, self.prompts, self.rewards, self.m.task.generation,
@@ -289,9 +299,7 @@ class Scorer:
         self.cache.put(point.hash, SCORE_METRIC, self.settings, {**result.metrics, "engine": result.engine}, result.records)
         self.engine_used[point.name] = result.engine
         self.computed.append(point.name)
-        if model is not self._work and model is not self.sft_model:
-            del model
-            gc.collect()
+        self.release(model)
         return result.metrics
 
     def records(self, point: Point) -> list[dict]:

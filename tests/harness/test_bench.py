@@ -134,8 +134,7 @@ def test_warp_eval_with_tasks_evaluates_each_points_own_weights(tmp_path):
                     "iter1/eta=1": share_answering("34"), "iter1/run1/step10": share_answering("5")}
     assert sorted(summary["bench_computed"]) == ["iter1/eta=0.5:synth_gsm8k", "iter1/eta=1:synth_gsm8k",
                                                  "iter1/run1/step10:synth_gsm8k", "sft:synth_gsm8k"]  # η=0 is π_sft
-    saved = list((ev / "checkpoints").iterdir())
-    assert len(saved) == 2 and all((s / "model.safetensors").is_file() for s in saved)  # in-memory LITI points only
+    assert not (ev / "checkpoints").exists()   # LITI points go to lm-eval as in-memory weights, never through disk
     assert main(["report", str(ev), "--out", str(tmp_path / "rep")]) == 0
     assert "## Benchmarks (lm-eval)" in (tmp_path / "rep" / "report.md").read_text()
 
@@ -185,8 +184,12 @@ def test_lm_eval_settings_name_backend_device_and_lm_eval(monkeypatch):
     import lm_eval
 
     s = bench.bench_settings("gsm8k", 5, 0, {"max_gen_toks": 9}, 3, "cpu")
-    assert s["lm_eval"] == lm_eval.__version__ and (s["backend"], s["device"], s["dtype"]) == ("hf", "cpu", "auto")
-    assert (s["limit"], s["num_fewshot"], s["gen_kwargs"], s["seed"], s["batch_size"]) == (5, 0, {"max_gen_toks": 9}, 3, 8)
+    assert s["lm_eval"] == lm_eval.__version__ and (s["model"], s["engine"], s["device"], s["dtype"]) == (
+        "warp", "hf", "cpu", "float32")
+    assert (s["limit"], s["num_fewshot"], s["gen_kwargs"], s["seed"]) == (5, 0, {"max_gen_toks": 9}, 3)
+    v32 = bench.bench_settings("gsm8k", 5, 0, {"max_gen_toks": 9}, 3, "cpu", "vllm", "float32")
+    v16 = bench.bench_settings("gsm8k", 5, 0, {"max_gen_toks": 9}, 3, "cpu", "vllm", "bfloat16")
+    assert s != v32 != v16                                         # the engine and its dtype are in the key
     fp = s["task_fingerprint"]
     assert fp != bench.task_fingerprint("gsm8k_cot") and fp == bench.task_fingerprint("gsm8k")
     monkeypatch.setattr(lm_eval, "__version__", "0.0.0")
