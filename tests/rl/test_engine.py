@@ -178,3 +178,33 @@ def test_bf16_vllm_engine_logprobs_within_the_stated_tolerance(lm_dir):
     assert out.returncode == 0, out.stderr[-3000:]
     gap = json.loads(out.stdout.strip().splitlines()[-1])
     assert gap["max"] <= 0.3 and gap["mean"] <= 0.05, gap
+
+
+def _vllm_or_skip():
+    if not vllm_installed():
+        pytest.skip("vLLM is not installed here (CI installs it and requires it)")
+
+
+def test_warp_run_on_vllm_is_reproducible_and_on_policy(tiny_rl_config, lm_dir, tmp_path):
+    """Rollouts sampled by vLLM with weights pushed each step: the trainer's log-probs of the
+    sampled tokens match the engine's (float32), and a re-run gives the same weights, bit for bit."""
+    _vllm_or_skip()
+    from safetensors.torch import load_file
+
+    from rl.warp import warp
+    from tests.rl.conftest import config
+
+    mapping = tiny_rl_config(policy=str(lm_dir), engine={"name": "vllm", "max_model_len": 256, "kv_cache_gib": 1},
+                             warp={"iterations": 1, "runs": 2, "steps": 3, "save_every": 0})
+    a = warp(config(mapping), tmp_path / "a", progress=False)
+    b = warp(config(mapping), tmp_path / "b", progress=False)
+    rows = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
+    assert {r["engine"] for r in rows} == {"vllm"}
+    assert max(r["logprob_gap_max"] for r in rows) < 1e-3
+    assert json.loads((a / "manifest.json").read_text())["config"]["engine"]["name"] == "vllm"
+    for rel in ("iter1/run1/final", "iter1/run2/final", "iter1/slerp"):
+        wa, wb = load_file(str(a / rel / "model.safetensors")), load_file(str(b / rel / "model.safetensors"))
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), rel
+    sft = load_file(str(a / "sft" / "model.safetensors"))
+    final = load_file(str(a / "iter1/run1/final" / "model.safetensors"))
+    assert any(not torch.equal(sft[k], final[k]) for k in sft)          # it trained
