@@ -6,8 +6,9 @@ results are identical; the output shards are planned from the input headers up f
 has init's dtypes and shapes), so each shard's safetensors header is written first and tensors are
 appended as they are computed: peak memory is a few tensors, not a model or a shard. Two worker
 threads read (through the file mapping) and merge the next tensors while a writer thread writes
-the previous ones in order; the chunked arithmetic runs with one intra-op thread (no OpenMP
-barriers), so both cores do useful work. The output directory appears atomically (`merge.io`).
+the previous ones in order; the chunked arithmetic runs with one intra-op thread (`merge.threads`:
+the bits do not depend on the thread count, and no OpenMP barriers), so both cores do useful
+work. The output directory appears atomically (`merge.io`).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from .errors import MergeError
 from .io import atomic_directory, atomic_write_json, atomic_write_text
 from .registry import get_method, params_dict
 from .state_dict import warn_degenerate
+from .threads import one_intra_op_thread
 
 SAFE_SINGLE = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
@@ -262,7 +264,7 @@ def merge_checkpoints(method: str, models: Sequence[str | os.PathLike], out: str
         check_shapes(ref.shapes, [c.shapes for c in rest], ref.name, [c.name for c in rest])
         keys = ref.keys()
         shards = plan_shards(keys, ref.shapes, ref.dtypes, max_shard_bytes)
-        with atomic_directory(out, overwrite=overwrite) as tmp:
+        with atomic_directory(out, overwrite=overwrite) as tmp, one_intra_op_thread():
             degenerate = _stream(m, p, ref, ck_init, ck_models, shards, tmp, progress)
             if len(shards) > 1:
                 atomic_write_json(tmp / SAFE_INDEX, {
@@ -316,10 +318,6 @@ def _stream(m, p, ref: Checkpoint, ck_init: Optional[Checkpoint], ck_models: lis
         return y.to(x_ref.dtype), deg
 
     degenerate: list[str] = []
-    threads = torch.get_num_threads()
-    # The chunked arithmetic is cache-sized: intra-op threads only add barrier spinning (10× slower
-    # on a busy machine, measured). Both cores go to tensor-level workers and the writer instead.
-    torch.set_num_threads(1)
     bar = tqdm(total=len(order), unit="tensor", desc=f"merge {m.name}", disable=not progress)
     writes: queue.Queue = queue.Queue(maxsize=2)
     errors: list[BaseException] = []
@@ -375,7 +373,6 @@ def _stream(m, p, ref: Checkpoint, ck_init: Optional[Checkpoint], ck_models: lis
         writes.put(None)
         wt.join()
         bar.close()
-        torch.set_num_threads(threads)
     if errors:
         raise errors[0]
     return degenerate

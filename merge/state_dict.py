@@ -15,6 +15,7 @@ from torch import nn
 from .checks import check_shapes, check_unit_interval
 from .errors import MergeError
 from .registry import get_method
+from .threads import one_intra_op_thread
 
 StateDict = Mapping[str, torch.Tensor]
 
@@ -59,14 +60,15 @@ def merge_state_dicts(method: str, init: Optional[StateDict], models: Sequence[S
         ref, ref_name, rest, names = models[0], "models[0]", models[1:], [f"models[{i}]" for i in range(1, len(models))]
     check_compatible(ref, rest, ref_name, names)
     out, degenerate = {}, []
-    for k, x in ref.items():
-        if not x.is_floating_point():
-            out[k] = x.clone()
-            continue
-        merged, deg = m.apply(k, x if m.uses_init else None, [t[k] for t in models], p)
-        out[k] = merged.to(x.dtype)
-        if deg:
-            degenerate.append(k)
+    with one_intra_op_thread():   # the same bits on any thread count, and as the streamed merge
+        for k, x in ref.items():
+            if not x.is_floating_point():
+                out[k] = x.clone()
+                continue
+            merged, deg = m.apply(k, x if m.uses_init else None, [t[k] for t in models], p)
+            out[k] = merged.to(x.dtype)
+            if deg:
+                degenerate.append(k)
     warn_degenerate(method, degenerate, stacklevel=_stacklevel)
     return out
 
@@ -144,7 +146,8 @@ def ema_update(ema: Union[StateDict, nn.Module], model: Union[StateDict, nn.Modu
     """In place: θ_ema ← (1−μ)·θ_ema + μ·θ_model (paper Eq. 2, the EMA anchor), fused over tensors.
 
     Runs every RL step, so it is one `torch._foreach_lerp_` per dtype group (no tensor allocation:
-    only Python lists). A module contributes its state_dict entries (parameters and persistent
+    only Python lists). Element-wise only, so its bits do not depend on the thread count (tested;
+    no `merge.threads` pin needed). A module contributes its state_dict entries (parameters and persistent
     buffers) that are floating point; tensors sharing storage (tied weights) are updated once. Tensors of another dtype in `model` are cast (that allocates; avoid it).
     """
     mu = check_unit_interval("mu", mu)
