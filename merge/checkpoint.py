@@ -36,7 +36,7 @@ from .threads import one_intra_op_thread
 SAFE_SINGLE = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
 PICKLE_SINGLE = "pytorch_model.bin"
-PICKLE_INDEX = "pytorch_model.bin.index.json"
+PICKLE_INDEX = "pytorch_model.bin.index.json"   # recognised only to refuse it with a clear message
 RECIPE_FILE = "merge_recipe.json"
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9
 # Files copied from the init (or first model) dir: the config, generation config and tokenizer.
@@ -51,7 +51,7 @@ _DTYPES = {v: k for k, v in _DTYPE_NAMES.items()}
 
 
 class CheckpointError(MergeError):
-    """A checkpoint directory is missing, unreadable, pickled without opt-in, or inconsistent."""
+    """A checkpoint directory is missing, unreadable, pickled (never loaded), or inconsistent."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -59,10 +59,9 @@ class CheckpointError(MergeError):
 # ------------------------------------------------------------------------------------------------
 class Checkpoint:
     """Read-only view of a model directory's weights: key → shape/dtype from the headers, and
-    `get(key)` reading one tensor. Safetensors only, unless `allow_pickle` (then `.bin` files are
-    loaded with `torch.load(weights_only=True)`, never arbitrary pickles)."""
+    `get(key)` reading one tensor. Safetensors only: nothing loads a pickle from a user path."""
 
-    def __init__(self, path: str | os.PathLike, allow_pickle: bool = False, name: str | None = None):
+    def __init__(self, path: str | os.PathLike, name: str | None = None):
         self.path = Path(path)
         self.name = name or str(self.path)
         if not self.path.is_dir():
@@ -70,14 +69,13 @@ class Checkpoint:
         self.shapes: dict[str, tuple] = {}
         self.dtypes: dict[str, torch.dtype] = {}
         self.file_of: dict[str, str] = {}
-        self._pickled: dict[str, Mapping[str, torch.Tensor]] = {}
-        files = self._weight_files(allow_pickle)
+        files = self._weight_files()
         for fname in files:
             self._read_header(fname)
         if not self.shapes:
             raise CheckpointError(f"{self.name}: no tensors in {', '.join(files)}")
 
-    def _weight_files(self, allow_pickle: bool) -> list[str]:
+    def _weight_files(self) -> list[str]:
         p = self.path
         if (p / SAFE_INDEX).is_file():
             return self._index_files(SAFE_INDEX)
@@ -89,10 +87,8 @@ class Checkpoint:
         pickled = PICKLE_INDEX if (p / PICKLE_INDEX).is_file() else PICKLE_SINGLE if (p / PICKLE_SINGLE).is_file() else None
         if pickled is None:
             raise CheckpointError(f"{self.name}: no model weights ({SAFE_SINGLE}, {SAFE_INDEX}, or *.safetensors)")
-        if not allow_pickle:
-            raise CheckpointError(f"{self.name}: only pickled {pickled} weights; refusing to load a pickle "
-                                  f"(pass --allow-pickle to load it with torch.load(weights_only=True))")
-        return self._index_files(PICKLE_INDEX) if pickled == PICKLE_INDEX else [PICKLE_SINGLE]
+        raise CheckpointError(f"{self.name}: only pickled weights ({pickled}), and pickled weights are not loaded; "
+                              "convert them to safetensors (save_pretrained(..., safe_serialization=True))")
 
     def _index_files(self, index: str) -> list[str]:
         try:
@@ -106,26 +102,18 @@ class Checkpoint:
         return files
 
     def _read_header(self, fname: str) -> None:
+        from safetensors import safe_open
+
         path = self.path / fname
-        if fname.endswith(".safetensors"):
-            from safetensors import safe_open
-            try:
-                with safe_open(str(path), framework="pt") as h:
-                    for k in h.keys():
-                        sl = h.get_slice(k)
-                        self._add(k, tuple(sl.get_shape()), _DTYPES.get(sl.get_dtype()), fname)
-            except CheckpointError:
-                raise
-            except Exception as e:  # safetensors raises its own error types for corrupt files
-                raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
-        else:
-            try:
-                sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except Exception as e:
-                raise CheckpointError(f"{path}: cannot load with weights_only=True ({e})") from None
-            self._pickled[fname] = sd
-            for k, t in sd.items():
-                self._add(k, tuple(t.shape), t.dtype, fname)
+        try:
+            with safe_open(str(path), framework="pt") as h:
+                for k in h.keys():
+                    sl = h.get_slice(k)
+                    self._add(k, tuple(sl.get_shape()), _DTYPES.get(sl.get_dtype()), fname)
+        except CheckpointError:
+            raise
+        except Exception as e:  # safetensors raises its own error types for corrupt files
+            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
 
     def _add(self, key: str, shape: tuple, dtype: Optional[torch.dtype], fname: str) -> None:
         if dtype is None:
@@ -140,10 +128,9 @@ class Checkpoint:
     def get(self, key: str, copy: bool = True) -> torch.Tensor:
         """One tensor. copy=True: in process memory. copy=False: a view of the file mapping (no copy;
         the pages are read when touched), valid after the handle is closed, dropped with the tensor."""
-        fname = self.file_of[key]
-        if fname in self._pickled:
-            return self._pickled[fname][key]
         from safetensors import safe_open
+
+        fname = self.file_of[key]
 
         # A fresh handle per tensor: a long-lived handle keeps every page it ever touched in this
         # process's RSS (the whole model, by the end); here each mapping goes with its tensor.
@@ -155,17 +142,11 @@ class Checkpoint:
         t.copy_(mapped)
         return t
 
-    def close(self) -> None:
-        self._pickled.clear()
 
-
-def load_state_dict(path: str | os.PathLike, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Every tensor of a model directory, in memory (for tests and small models)."""
-    ck = Checkpoint(path, allow_pickle)
-    try:
-        return {k: ck.get(k) for k in ck.keys()}
-    finally:
-        ck.close()
+    ck = Checkpoint(path)
+    return {k: ck.get(k) for k in ck.keys()}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -226,16 +207,16 @@ def _tensor_bytes(t: torch.Tensor):
 # ------------------------------------------------------------------------------------------------
 # The streamed merge
 # ------------------------------------------------------------------------------------------------
-def _open_inputs(init: Optional[str | os.PathLike], models: Sequence[str | os.PathLike], uses_init: bool,
-                 allow_pickle: bool) -> tuple[Optional[Checkpoint], list[Checkpoint]]:
-    ck_init = Checkpoint(init, allow_pickle, name=f"init {init}") if uses_init else None
-    ck_models = [Checkpoint(m, allow_pickle, name=f"model {m}") for m in models]
+def _open_inputs(init: Optional[str | os.PathLike], models: Sequence[str | os.PathLike],
+                 uses_init: bool) -> tuple[Optional[Checkpoint], list[Checkpoint]]:
+    ck_init = Checkpoint(init, name=f"init {init}") if uses_init else None
+    ck_models = [Checkpoint(m, name=f"models[{i}] {m}") for i, m in enumerate(models)]
     return ck_init, ck_models
 
 
 def merge_checkpoints(method: str, models: Sequence[str | os.PathLike], out: str | os.PathLike,
                       init: Optional[str | os.PathLike] = None, params: Mapping[str, Any] | None = None,
-                      overwrite: bool = False, allow_pickle: bool = False,
+                      overwrite: bool = False,
                       max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, progress: bool = True,
                       recipe_extra: Mapping[str, Any] | None = None) -> Path:
     """Merge model directories with registered `method` into the new directory `out`, streamed.
@@ -253,42 +234,51 @@ def merge_checkpoints(method: str, models: Sequence[str | os.PathLike], out: str
         raise MergeError(f"{method} needs --init")
     if out.exists() and not overwrite:
         raise MergeError(f"{out} already exists (pass --overwrite to replace it)")
-    inputs = ([Path(init)] if m.uses_init else []) + models
-    for src in inputs:
-        if src.exists() and out.resolve() == src.resolve():
-            raise MergeError(f"--out {out} is also an input; write the merge somewhere else")
-    ck_init, ck_models = _open_inputs(init, models, m.uses_init, allow_pickle)
-    try:
-        ref = ck_init if ck_init is not None else ck_models[0]
-        rest = ck_models if ck_init is not None else ck_models[1:]
-        check_shapes(ref.shapes, [c.shapes for c in rest], ref.name, [c.name for c in rest])
-        keys = ref.keys()
-        shards = plan_shards(keys, ref.shapes, ref.dtypes, max_shard_bytes)
-        with atomic_directory(out, overwrite=overwrite) as tmp, one_intra_op_thread():
-            degenerate = _stream(m, p, ref, ck_init, ck_models, shards, tmp, progress)
-            if len(shards) > 1:
-                atomic_write_json(tmp / SAFE_INDEX, {
-                    "metadata": {"total_size": sum(s.nbytes for s in shards)},
-                    "weight_map": {k: s.name for s in shards for k in s.keys}})
-            copied = _copy_side_files(ref.path, tmp)
-            recipe = {
-                "format": 1,
-                "method": method,
-                "params": params_dict(p),
-                "init": str(Path(init).resolve()) if m.uses_init else None,
-                "models": [str(x.resolve()) for x in models],
-                "output": {"tensors": len(keys), "total_size": sum(s.nbytes for s in shards),
-                           "shards": [s.name for s in shards], "copied_from_reference": copied},
-                "lerp_fallback_tensors": degenerate,
-                **dict(recipe_extra or {}),
-            }
-            atomic_write_json(tmp / RECIPE_FILE, recipe)
-            atomic_write_text(tmp / "README.md", model_card(recipe))
-        warn_degenerate(method, degenerate)
-    finally:
-        for c in ([ck_init] if ck_init else []) + ck_models:
-            c.close()
+    check_out_apart(out, ([Path(init)] if m.uses_init else []) + models)
+    if isinstance(max_shard_bytes, bool) or not isinstance(max_shard_bytes, int) or max_shard_bytes <= 0:
+        raise MergeError(f"max_shard_bytes must be a positive integer, got {max_shard_bytes!r}")
+    ck_init, ck_models = _open_inputs(init, models, m.uses_init)
+    ref = ck_init if ck_init is not None else ck_models[0]
+    rest = ck_models if ck_init is not None else ck_models[1:]
+    check_shapes(ref.shapes, [c.shapes for c in rest], ref.name, [c.name for c in rest])
+    keys = ref.keys()
+    shards = plan_shards(keys, ref.shapes, ref.dtypes, max_shard_bytes)
+    with atomic_directory(out, overwrite=overwrite) as tmp, one_intra_op_thread():
+        degenerate = _stream(m, p, ref, ck_init, ck_models, shards, tmp, progress)
+        if len(shards) > 1:
+            atomic_write_json(tmp / SAFE_INDEX, {
+                "metadata": {"total_size": sum(s.nbytes for s in shards)},
+                "weight_map": {k: s.name for s in shards for k in s.keys}})
+        copied = _copy_side_files(ref.path, tmp)
+        recipe = {
+            "format": 1,
+            "method": method,
+            "params": params_dict(p),
+            "init": str(Path(init).resolve()) if m.uses_init else None,
+            "models": [str(x.resolve()) for x in models],
+            "output": {"tensors": len(keys), "total_size": sum(s.nbytes for s in shards),
+                       "shards": [s.name for s in shards], "copied_from_reference": copied},
+            "lerp_fallback_tensors": degenerate,
+            **dict(recipe_extra or {}),
+        }
+        atomic_write_json(tmp / RECIPE_FILE, recipe)
+        atomic_write_text(tmp / "README.md", model_card(recipe))
+    warn_degenerate(method, degenerate)
     return out
+
+
+def check_out_apart(out: Path, inputs: Sequence[Path]) -> None:
+    """Refuse an output that is an input, lies inside one, or holds one (replacing it would delete it)."""
+    o = out.resolve()
+    for src in inputs:
+        s = src.resolve()
+        if o == s:
+            raise MergeError(f"--out {out} is also an input; write the merge somewhere else")
+        if s in o.parents:
+            raise MergeError(f"--out {out} is inside the input {src}; write the merge somewhere else")
+        if o in s.parents:
+            raise MergeError(f"--out {out} holds the input {src}, which replacing it would delete; "
+                             "write the merge somewhere else")
 
 
 def _stream(m, p, ref: Checkpoint, ck_init: Optional[Checkpoint], ck_models: list[Checkpoint],
@@ -404,23 +394,3 @@ def model_card(recipe: Mapping[str, Any]) -> str:
     lines += ["", f"The full recipe is in `{RECIPE_FILE}`.", ""]
     return "\n".join(lines)
 
-
-def parse_size(text: str | int) -> int:
-    """'500MB', '2GB', '1.5GiB' or a byte count → bytes."""
-    if isinstance(text, int):
-        return text
-    s = str(text).strip().upper()
-    units = [("GIB", 2**30), ("MIB", 2**20), ("KIB", 2**10), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3), ("B", 1)]
-    for u, mult in units:
-        if s.endswith(u):
-            s, factor = s[: -len(u)], mult
-            break
-    else:
-        factor = 1
-    try:
-        n = int(float(s) * factor)
-    except ValueError:
-        raise MergeError(f"bad size {text!r} (expected e.g. 500MB, 2GB)") from None
-    if n <= 0:
-        raise MergeError(f"size must be positive, got {text!r}")
-    return n

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .checkpoint import DEFAULT_MAX_SHARD_BYTES, merge_checkpoints, parse_size
+from .checkpoint import DEFAULT_MAX_SHARD_BYTES, merge_checkpoints
 from .config import ConfigError, load_config
 from .registry import REGISTRY, get_method
+from .units import parse_size
 
 
 @dataclass
@@ -35,7 +36,6 @@ class MergeRecipe:
     merged: Optional[str] = None
     params: Dict[str, Any] = field(default_factory=dict)
     overwrite: bool = False
-    allow_pickle: bool = False
     max_shard_size: str = "5GB"
 
     def validate(self) -> None:
@@ -57,8 +57,6 @@ class MergeRecipe:
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output model directory (created atomically)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.add_argument("--allow-pickle", action="store_true",
-                   help="accept pytorch_model.bin inputs (loaded with torch.load(weights_only=True))")
     p.add_argument("--max-shard-size", default=None, help="largest output shard, e.g. 2GB (default 5GB)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -105,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         base = Path(args.config).resolve().parent
         rel = lambda s: str((base / s).resolve()) if s is not None else None  # noqa: E731
         out = merge_checkpoints(recipe.method, [rel(x) for x in recipe.models], rel(recipe.out), init=rel(recipe.init),
-                                params=recipe.params, overwrite=recipe.overwrite, allow_pickle=recipe.allow_pickle,
+                                params=recipe.params, overwrite=recipe.overwrite,
                                 max_shard_bytes=parse_size(recipe.max_shard_size), progress=True,
                                 recipe_extra={"recipe_file": str(Path(args.config).resolve())})
     elif args.method is not None:
@@ -113,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         params = {f.name: getattr(args, f.name) for f in dataclasses.fields(m.params)}
         models = [args.merged] if args.method == "liti" else args.models
         out = merge_checkpoints(args.method, models, args.out, init=getattr(args, "init", None), params=params,
-                                overwrite=args.overwrite, allow_pickle=args.allow_pickle,
+                                overwrite=args.overwrite,
                                 max_shard_bytes=parse_size(args.max_shard_size) if args.max_shard_size else DEFAULT_MAX_SHARD_BYTES,
                                 progress=not args.no_progress)
     else:
