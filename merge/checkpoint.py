@@ -26,7 +26,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
-from .checks import check_shapes
+from .checks import check_finite, check_shapes
 from .errors import MergeError
 from .io import atomic_directory, atomic_write_json, atomic_write_text
 from .registry import get_method, params_dict
@@ -222,8 +222,9 @@ def merge_checkpoints(method: str, models: Sequence[str | os.PathLike], out: str
     """Merge model directories with registered `method` into the new directory `out`, streamed.
 
     `init` is required by methods that use θ_init (slerp, liti, task_arithmetic, ties, dare).
-    Every input is checked (existence, key sets, shapes, parameters) before anything is written.
-    Returns the output path. The result equals `merge.merge_state_dicts` on the loaded inputs.
+    Every input is checked (existence, key sets, shapes, parameters) before anything is written;
+    a NaN/Inf in an input tensor is found as that tensor is read, and the temporary output is
+    removed (MergeError naming the input and key): `out` never appears. Returns the output path. The result equals `merge.merge_state_dicts` on the loaded inputs.
     """
     m = get_method(method)
     models = [Path(p) for p in models]
@@ -288,6 +289,7 @@ def _stream(m, p, ref: Checkpoint, ck_init: Optional[Checkpoint], ck_models: lis
     from tqdm.auto import tqdm
 
     order = [(s, k) for s in shards for k in s.keys]
+    inputs = ([ck_init] if ck_init is not None else []) + ck_models
 
     def read(key: str):
         # Mapped, not copied: the arithmetic reads each input in place (one pass fewer over memory);
@@ -304,6 +306,7 @@ def _stream(m, p, ref: Checkpoint, ck_init: Optional[Checkpoint], ck_models: lis
         x_ref = x_init if x_init is not None else xs[0]
         if not x_ref.is_floating_point():
             return x_ref, False
+        check_finite([(ck.name, {key: x}) for ck, x in zip(inputs, [x_init, *xs] if x_init is not None else xs)])
         y, deg = m.apply(key, x_init, xs, p)
         return y.to(x_ref.dtype), deg
 

@@ -1,9 +1,14 @@
 """Argument checks shared by the in-memory, streamed and CLI forms of every merge (one place, one wording)."""
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+import math
+from typing import Mapping, Optional, Sequence
+
+import torch
 
 from .errors import MergeError
+
+_NORM_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)   # what torch._foreach_norm takes
 
 
 def check_unit_interval(name: str, value: float) -> float:
@@ -14,6 +19,17 @@ def check_unit_interval(name: str, value: float) -> float:
         raise MergeError(f"{name} must be a number in [0, 1], got {value!r}") from None
     if not 0.0 <= v <= 1.0:
         raise MergeError(f"{name} must be in [0, 1], got {value!r}")
+    return v
+
+
+def check_finite_number(name: str, value: float) -> float:
+    """Raise MergeError unless value is a finite number (a scale or weight; NaN/Inf would poison every weight)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise MergeError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise MergeError(f"{name} must be finite, got {value!r}")
     return v
 
 
@@ -29,7 +45,7 @@ def check_weights(weights: Sequence[float] | None, n_models: int, allow_negative
     """Per-model weights: default all 1.0; one per model; non-negative with a positive sum unless allowed."""
     if weights is None:
         return [1.0] * n_models
-    w = [float(x) for x in weights]
+    w = [check_finite_number("weights", x) for x in weights]
     if len(w) != n_models:
         raise MergeError(f"weights has {len(w)} entries but there are {n_models} models")
     if not allow_negative and (any(x < 0 for x in w) or sum(w) <= 0):
@@ -55,3 +71,50 @@ def check_shapes(reference: Mapping[str, tuple], others: Sequence[Mapping[str, t
         for k, shape in reference.items():
             if tuple(other[k]) != tuple(shape):
                 raise MergeError(f"key {k!r}: shape {tuple(shape)} in {ref_name} vs {tuple(other[k])} in {name}")
+
+
+def first_nonfinite(tensors: Sequence[torch.Tensor]) -> Optional[int]:
+    """Index of the first floating-point tensor holding a NaN or ±Inf, or None.
+
+    Cheap enough for every RL step: one fused `torch._foreach_norm` per dtype group, one isfinite on
+    the stacked norms (one host sync). A norm that overflows on finite values (large fp16 tensors)
+    is confirmed element-wise before it counts.
+    """
+    with torch.no_grad():   # parameters that require grad: no graph
+        return _first_nonfinite(tensors)
+
+
+def _first_nonfinite(tensors: Sequence[torch.Tensor]) -> Optional[int]:
+    groups: dict[torch.dtype, list[int]] = {}
+    for i, t in enumerate(tensors):
+        if t.is_floating_point() and t.numel():
+            groups.setdefault(t.dtype, []).append(i)
+    order: list[int] = []
+    norms: list[torch.Tensor] = []
+    for dtype, ids in groups.items():
+        if dtype in _NORM_DTYPES:
+            group_norms = torch._foreach_norm([tensors[i] for i in ids])
+        else:   # float8: no fused norm; rare enough to convert
+            group_norms = [torch.linalg.vector_norm(tensors[i].float()) for i in ids]
+        norms.append(torch.stack(group_norms).float())
+        order += ids
+    if not norms:
+        return None
+    finite = torch.isfinite(torch.cat(norms))
+    if bool(finite.all()):
+        return None
+    for i in sorted(order[j] for j in (~finite).nonzero().flatten().tolist()):
+        t = tensors[i] if tensors[i].dtype in _NORM_DTYPES else tensors[i].float()
+        if not bool(torch.isfinite(t).all()):
+            return i
+    return None
+
+
+def check_finite(inputs: Sequence[tuple[str, Mapping[str, torch.Tensor]]]) -> None:
+    """Raise MergeError naming the input and the tensor key of the first NaN/±Inf, e.g.
+    "models[1] tensor 'model.layers.0.q_proj.weight' has NaN/Inf values". inputs: (name, state dict)."""
+    named = [(name, key, t) for name, sd in inputs for key, t in sd.items()]
+    bad = first_nonfinite([t for _, _, t in named])
+    if bad is not None:
+        name, key, _ = named[bad]
+        raise MergeError(f"{name} tensor {key!r} has NaN/Inf values")
