@@ -233,9 +233,7 @@ def merge_checkpoints(method: str, models: Sequence[str | os.PathLike], out: str
     out = Path(out)
     if m.uses_init and init is None:
         raise MergeError(f"{method} needs --init")
-    if out.exists() and not overwrite:
-        raise MergeError(f"{out} already exists (pass --overwrite to replace it)")
-    check_out_apart(out, ([Path(init)] if m.uses_init else []) + models)
+    check_out(out, ([Path(init)] if m.uses_init else []) + models, overwrite)
     if isinstance(max_shard_bytes, bool) or not isinstance(max_shard_bytes, int) or max_shard_bytes <= 0:
         raise MergeError(f"max_shard_bytes must be a positive integer, got {max_shard_bytes!r}")
     ck_init, ck_models = _open_inputs(init, models, m.uses_init)
@@ -244,32 +242,46 @@ def merge_checkpoints(method: str, models: Sequence[str | os.PathLike], out: str
     check_shapes(ref.shapes, [c.shapes for c in rest], ref.name, [c.name for c in rest])
     keys = ref.keys()
     shards = plan_shards(keys, ref.shapes, ref.dtypes, max_shard_bytes)
-    with atomic_directory(out, overwrite=overwrite) as tmp, one_intra_op_thread():
-        degenerate = _stream(m, p, ref, ck_init, ck_models, shards, tmp, progress)
-        if len(shards) > 1:
-            atomic_write_json(tmp / SAFE_INDEX, {
-                "metadata": {"total_size": sum(s.nbytes for s in shards)},
-                "weight_map": {k: s.name for s in shards for k in s.keys}})
-        copied = _copy_side_files(ref.path, tmp)
-        recipe = {
-            "format": 1,
-            "method": method,
-            "params": params_dict(p),
-            "init": str(Path(init).resolve()) if m.uses_init else None,
-            "models": [str(x.resolve()) for x in models],
-            "output": {"tensors": len(keys), "total_size": sum(s.nbytes for s in shards),
-                       "shards": [s.name for s in shards], "copied_from_reference": copied},
-            "lerp_fallback_tensors": degenerate,
-            **dict(recipe_extra or {}),
-        }
-        atomic_write_json(tmp / RECIPE_FILE, recipe)
-        atomic_write_text(tmp / "README.md", model_card(recipe))
+    try:
+        with atomic_directory(out, overwrite=overwrite) as tmp, one_intra_op_thread():
+            degenerate = _stream(m, p, ref, ck_init, ck_models, shards, tmp, progress)
+            if len(shards) > 1:
+                atomic_write_json(tmp / SAFE_INDEX, {
+                    "metadata": {"total_size": sum(s.nbytes for s in shards)},
+                    "weight_map": {k: s.name for s in shards for k in s.keys}})
+            copied = _copy_side_files(ref.path, tmp)
+            recipe = {
+                "format": 1,
+                "method": method,
+                "params": params_dict(p),
+                "init": str(Path(init).resolve()) if m.uses_init else None,
+                "models": [str(x.resolve()) for x in models],
+                "output": {"tensors": len(keys), "total_size": sum(s.nbytes for s in shards),
+                           "shards": [s.name for s in shards], "copied_from_reference": copied},
+                "lerp_fallback_tensors": degenerate,
+                **dict(recipe_extra or {}),
+            }
+            atomic_write_json(tmp / RECIPE_FILE, recipe)
+            atomic_write_text(tmp / "README.md", model_card(recipe))
+    except OSError as e:   # e.g. disk full mid-merge: one line; atomic_directory removed the temporary
+        raise MergeError(f"writing {out} failed: {e.strerror or e}" + (f" ({e.filename})" if e.filename else "")) from None
     warn_degenerate(method, degenerate)
     return out
 
 
-def check_out_apart(out: Path, inputs: Sequence[Path]) -> None:
-    """Refuse an output that is an input, lies inside one, or holds one (replacing it would delete it)."""
+def check_out(out: Path, inputs: Sequence[Path], overwrite: bool) -> None:
+    """Refuse, before any work, an output that exists (unless `overwrite`), cannot be created (its
+    nearest existing ancestor is not a writable directory), is an input, lies inside one, or holds
+    one (replacing it would delete it)."""
+    if out.exists() and not overwrite:
+        raise MergeError(f"{out} already exists (pass --overwrite to replace it)")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise MergeError(f"cannot create --out {out}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise MergeError(f"cannot create --out {out}: {parent} is not writable (permission denied or read-only)")
     o = out.resolve()
     for src in inputs:
         s = src.resolve()

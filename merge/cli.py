@@ -13,10 +13,11 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, NoReturn, Optional
 
 from .checkpoint import DEFAULT_MAX_SHARD_BYTES, merge_checkpoints
 from .config import ConfigError, load_config
+from .errors import MergeError
 from .registry import REGISTRY, get_method
 from .units import parse_size
 
@@ -54,6 +55,13 @@ class MergeRecipe:
             raise ConfigError(f"init: the {self.method} method takes no `init`")
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """A usage error is one line on stderr and exit status 2, like every other `warp` error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output model directory (created atomically)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -80,7 +88,7 @@ def register(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="a YAML merge recipe instead of a method subcommand")
     p.set_defaults(func=run, method=None)
-    methods = p.add_subparsers(dest="method", metavar="METHOD")
+    methods = p.add_subparsers(dest="method", metavar="METHOD", parser_class=_OneLineParser)
     for name in sorted(REGISTRY):
         m = REGISTRY[name]
         sp = methods.add_parser(name, help=m.summary, description=m.summary)
@@ -95,6 +103,13 @@ def register(subparsers) -> None:
         sp.set_defaults(func=run)
 
 
+def _shard_bytes(size: str | int, where: str) -> int:
+    try:
+        return parse_size(size)
+    except MergeError as e:
+        raise MergeError(f"{where}: {e}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     if args.config is not None:
         if args.method is not None:
@@ -104,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
         rel = lambda s: str((base / s).resolve()) if s is not None else None  # noqa: E731
         out = merge_checkpoints(recipe.method, [rel(x) for x in recipe.models], rel(recipe.out), init=rel(recipe.init),
                                 params=recipe.params, overwrite=recipe.overwrite,
-                                max_shard_bytes=parse_size(recipe.max_shard_size), progress=True,
+                                max_shard_bytes=_shard_bytes(recipe.max_shard_size, f"{args.config}: max_shard_size"),
+                                progress=True,
                                 recipe_extra={"recipe_file": str(Path(args.config).resolve())})
     elif args.method is not None:
         m = get_method(args.method)
@@ -112,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         models = [args.merged] if args.method == "liti" else args.models
         out = merge_checkpoints(args.method, models, args.out, init=getattr(args, "init", None), params=params,
                                 overwrite=args.overwrite,
-                                max_shard_bytes=parse_size(args.max_shard_size) if args.max_shard_size else DEFAULT_MAX_SHARD_BYTES,
+                                max_shard_bytes=_shard_bytes(args.max_shard_size or DEFAULT_MAX_SHARD_BYTES, "--max-shard-size"),
                                 progress=not args.no_progress)
     else:
         raise ConfigError("warp merge needs a method (slerp, liti, ...) or --config recipe.yaml")
