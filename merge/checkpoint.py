@@ -329,24 +329,25 @@ def _stream(m, p, ref: Checkpoint, ck_init: Optional[Checkpoint], ck_models: lis
 
     def writer():
         f = None
-        try:
-            while True:
-                item = writes.get()
-                if item is None:
-                    break
+        while (item := writes.get()) is not None:
+            if errors:   # after a failure only drain the queue, so the main thread's put() never blocks
+                continue
+            try:
                 kind, payload = item
                 if kind == "open":
                     if f is not None:
                         f.close()
                     f = open(tmp / payload[0], "wb")
                     f.write(payload[1])
-                elif f is not None and not errors:
+                elif f is not None:
                     f.write(_tensor_bytes(payload))
-        except BaseException as e:  # reported to the main thread below
-            errors.append(e)
-        finally:
+            except BaseException as e:  # reported to the main thread below
+                errors.append(e)
+        try:
             if f is not None:
                 f.close()
+        except OSError as e:
+            errors.append(e)
 
     wt = threading.Thread(target=writer, daemon=True)
     wt.start()

@@ -218,16 +218,26 @@ def test_read_only_output_parent(ck, tmp_path, capsys):
 
 
 def test_disk_full_mid_merge(ck, tmp_path, capsys, monkeypatch):
-    """An OSError while writing (here ENOSPC on a tensor) is one line, and the temporary is removed."""
+    """An OSError while writing (here ENOSPC on the first tensor, after the merge has filled the
+    write queue) is one line, the temporary is removed, and nothing waits forever on the queue."""
     import errno
+    import threading
+    import time
 
     import merge.checkpoint
 
     def full(t):
+        time.sleep(0.3)   # the main thread fills the bounded write queue meanwhile
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(merge.checkpoint, "_tensor_bytes", full)
-    assert main(["merge", *_slerp(ck, tmp_path), "--no-progress"]) == 2
+    result = {}
+    run = threading.Thread(target=lambda: result.update(rc=main(["merge", *_slerp(ck, tmp_path), "--no-progress",
+                                                                  "--max-shard-size", "20KB"])), daemon=True)
+    run.start()
+    run.join(timeout=60)
+    assert not run.is_alive(), "the merge hung after the writer failed"
+    assert result["rc"] == 2
     err = capsys.readouterr().err
     assert err == f"warp merge: error: writing {tmp_path / 'out'} failed: No space left on device\n"
     assert list(tmp_path.iterdir()) == []
