@@ -1,7 +1,6 @@
 """Argument checks shared by the in-memory, streamed and CLI forms of every merge (one place, one wording)."""
 from __future__ import annotations
 
-import math
 from typing import Mapping, Optional, Sequence
 
 import torch
@@ -22,17 +21,6 @@ def check_unit_interval(name: str, value: float) -> float:
     return v
 
 
-def check_finite_number(name: str, value: float) -> float:
-    """Raise MergeError unless value is a finite number (a scale or weight; NaN/Inf would poison every weight)."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise MergeError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(v):
-        raise MergeError(f"{name} must be finite, got {value!r}")
-    return v
-
-
 def check_density(value: float) -> float:
     """Raise MergeError unless 0 < density ≤ 1 (fraction of task-vector entries kept)."""
     v = check_unit_interval("density", value)
@@ -45,7 +33,7 @@ def check_weights(weights: Sequence[float] | None, n_models: int, allow_negative
     """Per-model weights: default all 1.0; one per model; non-negative with a positive sum unless allowed."""
     if weights is None:
         return [1.0] * n_models
-    w = [check_finite_number("weights", x) for x in weights]
+    w = [float(x) for x in weights]
     if len(w) != n_models:
         raise MergeError(f"weights has {len(w)} entries but there are {n_models} models")
     if not allow_negative and (any(x < 0 for x in w) or sum(w) <= 0):

@@ -43,7 +43,7 @@ def dare_tensor(init: torch.Tensor, models: Sequence[torch.Tensor], density: flo
 from dataclasses import dataclass  # noqa: E402
 from typing import List, Optional  # noqa: E402
 
-from ..checks import check_density, check_finite_number, check_weights  # noqa: E402
+from ..checks import check_density, check_weights  # noqa: E402
 from ..registry import Method, register  # noqa: E402
 
 
@@ -55,7 +55,7 @@ class DareParams:
     weights: Optional[List[float]] = None
 
     def checked(self, n_models: int) -> "DareParams":
-        return DareParams(check_density(self.density), int(self.seed), check_finite_number("scale", self.scale),
+        return DareParams(check_density(self.density), int(self.seed), float(self.scale),
                           check_weights(self.weights, n_models, allow_negative=True))
 
 

@@ -21,7 +21,7 @@ def task_arithmetic_tensor(init: torch.Tensor, models: Sequence[torch.Tensor], w
 from dataclasses import dataclass  # noqa: E402
 from typing import List, Optional  # noqa: E402
 
-from ..checks import check_finite_number, check_weights  # noqa: E402
+from ..checks import check_weights  # noqa: E402
 from ..registry import Method, register  # noqa: E402
 
 
@@ -31,7 +31,7 @@ class TaskArithmeticParams:
     weights: Optional[List[float]] = None   # per-model weights, default 1.0 each (may be negative: negation)
 
     def checked(self, n_models: int) -> "TaskArithmeticParams":
-        return TaskArithmeticParams(check_finite_number("scale", self.scale), check_weights(self.weights, n_models, allow_negative=True))
+        return TaskArithmeticParams(float(self.scale), check_weights(self.weights, n_models, allow_negative=True))
 
 
 register(Method("task_arithmetic", TaskArithmeticParams, uses_init=True, min_models=1, max_models=None,

@@ -42,7 +42,7 @@ def ties_tensor(init: torch.Tensor, models: Sequence[torch.Tensor], density: flo
 # --- registration -------------------------------------------------------------------------------
 from dataclasses import dataclass  # noqa: E402
 
-from ..checks import check_density, check_finite_number  # noqa: E402
+from ..checks import check_density  # noqa: E402
 from ..registry import Method, register  # noqa: E402
 
 
@@ -52,7 +52,7 @@ class TiesParams:
     scale: float = 1.0
 
     def checked(self, n_models: int) -> "TiesParams":
-        return TiesParams(check_density(self.density), check_finite_number("scale", self.scale))
+        return TiesParams(check_density(self.density), float(self.scale))
 
 
 register(Method("ties", TiesParams, uses_init=True, min_models=2, max_models=None,

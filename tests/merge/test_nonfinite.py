@@ -126,12 +126,12 @@ def test_streamed_merge_refuses_nonfinite_and_writes_nothing(tmp_path):
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda i, ms: merge.task_arithmetic(i, ms, scale=math.inf), "scale must be finite"),
-    (lambda i, ms: merge.task_arithmetic(i, ms, weights=[1, math.nan, 1]), "weights must be finite"),
-    (lambda i, ms: merge.dare(i, ms, scale=math.nan), "scale must be finite"),
-    (lambda i, ms: merge.ties(i, ms, scale=-math.inf), "scale must be finite"),
-    (lambda i, ms: merge.average(ms, weights=[1, math.inf, 1]), "weights must be finite"),
-    (lambda i, ms: merge.slerp(i, ms[:2], math.nan), r"lam must be in \[0, 1\]"),
+    (lambda i, ms: merge.task_arithmetic(i, ms, scale=math.inf), r"^task_arithmetic params.scale: expected a finite number, got inf$"),
+    (lambda i, ms: merge.task_arithmetic(i, ms, weights=[1, math.nan, 1]), r"params.weights\[1\]: expected a finite number"),
+    (lambda i, ms: merge.dare(i, ms, scale=math.nan), "dare params.scale: expected a finite number, got nan"),
+    (lambda i, ms: merge.ties(i, ms, scale=-math.inf), "ties params.scale: expected a finite number, got -inf"),
+    (lambda i, ms: merge.average(ms, weights=[1, math.inf, 1]), r"average params.weights\[1\]: expected a finite number"),
+    (lambda i, ms: merge.slerp(i, ms[:2], math.nan), "slerp params.lam: expected a finite number, got nan"),
     (lambda i, ms: merge.liti(i, ms[0], math.inf), r"eta must be in \[0, 1\]"),
 ])
 def test_nonfinite_parameters_refused(call, match):
