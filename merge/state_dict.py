@@ -61,9 +61,9 @@ def merge_state_dicts(method: str, init: Optional[StateDict], models: Sequence[S
         ref, ref_name, rest, names = models[0], "models[0]", models[1:], [f"models[{i}]" for i in range(1, len(models))]
     check_compatible(ref, rest, ref_name, names)
     floats = [k for k, x in ref.items() if x.is_floating_point()]
-    check_finite([(n, {k: sd[k] for k in floats}) for n, sd in [(ref_name, ref), *zip(names, rest)]])
     out, degenerate = {}, []
     with one_intra_op_thread():   # the same bits on any thread count, and as the streamed merge
+        check_finite([(n, {k: sd[k] for k in floats}) for n, sd in [(ref_name, ref), *zip(names, rest)]])
         for k, x in ref.items():
             if not x.is_floating_point():
                 out[k] = x.clone()
