@@ -131,7 +131,6 @@ class Checkpoint:
         from safetensors import safe_open
 
         fname = self.file_of[key]
-
         # A fresh handle per tensor: a long-lived handle keeps every page it ever touched in this
         # process's RSS (the whole model, by the end); here each mapping goes with its tensor.
         with safe_open(str(self.path / fname), framework="pt") as h:
@@ -222,9 +221,10 @@ def merge_checkpoints(method: str, models: Sequence[str | os.PathLike], out: str
     """Merge model directories with registered `method` into the new directory `out`, streamed.
 
     `init` is required by methods that use θ_init (slerp, liti, task_arithmetic, ties, dare).
-    Every input is checked (existence, key sets, shapes, parameters) before anything is written;
-    a NaN/Inf in an input tensor is found as that tensor is read, and the temporary output is
-    removed (MergeError naming the input and key): `out` never appears. Returns the output path. The result equals `merge.merge_state_dicts` on the loaded inputs.
+    Every input is checked (existence, key sets, shapes, parameters, where `out` goes) before
+    anything is written; a NaN/Inf in an input tensor is found as that tensor is read, and the
+    temporary output is removed (MergeError naming the input and key): `out` never appears.
+    Returns the output path. The result equals `merge.merge_state_dicts` on the loaded inputs.
     """
     m = get_method(method)
     models = [Path(p) for p in models]
@@ -318,7 +318,7 @@ def _stream(m, p, ref: Checkpoint, ck_init: Optional[Checkpoint], ck_models: lis
         x_ref = x_init if x_init is not None else xs[0]
         if not x_ref.is_floating_point():
             return x_ref, False
-        check_finite([(ck.name, {key: x}) for ck, x in zip(inputs, [x_init, *xs] if x_init is not None else xs)])
+        check_finite([(ck.name, {key: x}) for ck, x in zip(inputs, ([x_init] if x_init is not None else []) + xs)])
         y, deg = m.apply(key, x_init, xs, p)
         return y.to(x_ref.dtype), deg
 

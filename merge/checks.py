@@ -61,6 +61,7 @@ def check_shapes(reference: Mapping[str, tuple], others: Sequence[Mapping[str, t
                 raise MergeError(f"key {k!r}: shape {tuple(shape)} in {ref_name} vs {tuple(other[k])} in {name}")
 
 
+@torch.no_grad()   # parameters that require grad: no graph
 def first_nonfinite(tensors: Sequence[torch.Tensor]) -> Optional[int]:
     """Index of the first floating-point tensor holding a NaN or ±Inf, or None.
 
@@ -68,11 +69,6 @@ def first_nonfinite(tensors: Sequence[torch.Tensor]) -> Optional[int]:
     the stacked norms (one host sync). A norm that overflows on finite values (large fp16 tensors)
     is confirmed element-wise before it counts.
     """
-    with torch.no_grad():   # parameters that require grad: no graph
-        return _first_nonfinite(tensors)
-
-
-def _first_nonfinite(tensors: Sequence[torch.Tensor]) -> Optional[int]:
     groups: dict[torch.dtype, list[int]] = {}
     for i, t in enumerate(tensors):
         if t.is_floating_point() and t.numel():
