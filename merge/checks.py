@@ -7,7 +7,6 @@ import torch
 
 from .errors import MergeError
 
-_NORM_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)   # what torch._foreach_norm takes
 
 
 def check_unit_interval(name: str, value: float) -> float:
@@ -65,33 +64,30 @@ def check_shapes(reference: Mapping[str, tuple], others: Sequence[Mapping[str, t
 def first_nonfinite(tensors: Sequence[torch.Tensor]) -> Optional[int]:
     """Index of the first floating-point tensor holding a NaN or ±Inf, or None.
 
-    Cheap enough for every RL step: one fused `torch._foreach_norm` per dtype group, one isfinite on
-    the stacked norms (one host sync). A norm that overflows on finite values (large fp16 tensors)
-    is confirmed element-wise before it counts.
+    Cheap enough for every RL step: one sum per tensor (NaN and ±Inf propagate through it; half
+    types summed in float32) and one isfinite over the stacked sums, so one host sync. A sum is
+    about twice as fast as `torch._foreach_norm` here (measured: 20 vs 40 ms for 269M floats on 2
+    threads). A sum that overflows on finite values is confirmed element-wise before it counts.
     """
-    groups: dict[torch.dtype, list[int]] = {}
-    for i, t in enumerate(tensors):
-        if t.is_floating_point() and t.numel():
-            groups.setdefault(t.dtype, []).append(i)
-    order: list[int] = []
-    norms: list[torch.Tensor] = []
-    for dtype, ids in groups.items():
-        if dtype in _NORM_DTYPES:
-            group_norms = torch._foreach_norm([tensors[i] for i in ids])
-        else:   # float8: no fused norm; rare enough to convert
-            group_norms = [torch.linalg.vector_norm(tensors[i].float()) for i in ids]
-        norms.append(torch.stack(group_norms).float())
-        order += ids
-    if not norms:
+    ids = [i for i, t in enumerate(tensors) if t.is_floating_point() and t.numel()]
+    if not ids:
         return None
-    finite = torch.isfinite(torch.cat(norms))
+    sums = torch.stack([_sum(tensors[i]) for i in ids])
+    finite = torch.isfinite(sums)
     if bool(finite.all()):
         return None
-    for i in sorted(order[j] for j in (~finite).nonzero().flatten().tolist()):
-        t = tensors[i] if tensors[i].dtype in _NORM_DTYPES else tensors[i].float()
-        if not bool(torch.isfinite(t).all()):
-            return i
+    for j in (~finite).nonzero().flatten().tolist():
+        if not bool(torch.isfinite(_summable(tensors[ids[j]])).all()):
+            return ids[j]
     return None
+
+
+def _summable(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64) else t.float()   # float8
+
+
+def _sum(t: torch.Tensor) -> torch.Tensor:
+    return _summable(t).sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32)
 
 
 def check_finite(inputs: Sequence[tuple[str, Mapping[str, torch.Tensor]]]) -> None:
