@@ -6,7 +6,9 @@ per phase):
   (a) floor: read every input tensor (init and both models; each copied into process memory) and
       write the output shards, no arithmetic (the same reader/writer pipeline, identity merge);
   (b) ours:  `warp merge slerp --init --models m1 m2 --out` (harness.cli.main);
-  (c) mergekit `nuslerp` with base_model, when mergekit is importable by --mergekit-python.
+  (c) mergekit `nuslerp` with base_model, when mergekit is importable by --mergekit-python;
+  (d) in memory: `merge.slerp` on the three state dicts already loaded (the RL loop's path), timed
+      alone (loading excluded), with the same thread count.
 Prints each wall time and peak RSS; the last line is
   ratio_vs_copy=X peak_rss_mb=Y ratio_vs_mergekit=Z
 X = ours / floor (in-process wall time, interpreter start-up excluded; ours reads the inputs
@@ -123,6 +125,12 @@ def phase(name: str, work: Path) -> None:
         rc = main(["merge", "slerp", "--init", str(work / "init"), "--models", str(work / "m1"), str(work / "m2"),
                    "--out", str(work / "out_ours"), "--no-progress"])
         assert rc == 0
+    elif name == "memory":
+        import merge
+
+        init, m1, m2 = (merge.load_state_dict(work / d) for d in ("init", "m1", "m2"))
+        t0 = time.perf_counter()
+        merge.slerp(init, [m1, m2])
     wall = time.perf_counter() - t0
     print(json.dumps({"wall_s": wall, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
@@ -177,9 +185,9 @@ def main() -> None:
                             "--_work", str(work)], env=env, cwd=ROOT)
         if r.returncode != 0:
             raise SystemExit("building the checkpoints failed")
-        res = {"floor": [], "ours": []}
-        for rep in range(args.repeats):   # alternating, so load from other processes hits both alike
-            for name in ("floor", "ours"):
+        res = {"floor": [], "ours": [], "memory": []}
+        for rep in range(args.repeats):   # alternating, so load from other processes hits all alike
+            for name in ("floor", "ours", "memory"):
                 shutil.rmtree(work / f"out_{name}", ignore_errors=True)
                 cmd = [sys.executable, __file__, "--_phase", name, "--_work", str(work), "--threads", str(args.threads)]
                 wall, rss, rc, out = run_measured(cmd, env, work / f"{name}.log")
@@ -189,7 +197,7 @@ def main() -> None:
                 res[name].append({"wall_s": wall, "inner_s": inner["wall_s"], "peak_rss_mb": rss})
                 print(f"{name:8s} wall {wall:7.2f} s (in-process {inner['wall_s']:6.2f} s)  peak RSS {rss:7.0f} MB",
                       flush=True)
-        for name in ("floor", "ours"):   # median time, largest peak over the repeats
+        for name in ("floor", "ours", "memory"):   # median time, largest peak over the repeats
             runs = res[name]
             res[name] = {k: statistics.median(r[k] for r in runs) for k in ("wall_s", "inner_s")}
             res[name]["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)

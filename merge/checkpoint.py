@@ -6,8 +6,9 @@ results are identical; the output shards are planned from the input headers up f
 has init's dtypes and shapes), so each shard's safetensors header is written first and tensors are
 appended as they are computed: peak memory is a few tensors, not a model or a shard. Two worker
 threads read (through the file mapping) and merge the next tensors while a writer thread writes
-the previous ones in order; the chunked arithmetic runs with one intra-op thread (no OpenMP
-barriers), so both cores do useful work. The output directory appears atomically (`merge.io`).
+the previous ones in order; the chunked arithmetic runs with one intra-op thread (`merge.threads`:
+the bits do not depend on the thread count, and no OpenMP barriers), so both cores do useful
+work. The output directory appears atomically (`merge.io`).
 """
 from __future__ import annotations
 
@@ -25,16 +26,17 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
-from .checks import check_shapes
+from .checks import check_finite, check_shapes
 from .errors import MergeError
 from .io import atomic_directory, atomic_write_json, atomic_write_text
 from .registry import get_method, params_dict
 from .state_dict import warn_degenerate
+from .threads import one_intra_op_thread
 
 SAFE_SINGLE = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
 PICKLE_SINGLE = "pytorch_model.bin"
-PICKLE_INDEX = "pytorch_model.bin.index.json"
+PICKLE_INDEX = "pytorch_model.bin.index.json"   # recognised only to refuse it with a clear message
 RECIPE_FILE = "merge_recipe.json"
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9
 # Files copied from the init (or first model) dir: the config, generation config and tokenizer.
@@ -49,7 +51,7 @@ _DTYPES = {v: k for k, v in _DTYPE_NAMES.items()}
 
 
 class CheckpointError(MergeError):
-    """A checkpoint directory is missing, unreadable, pickled without opt-in, or inconsistent."""
+    """A checkpoint directory is missing, unreadable, pickled (never loaded), or inconsistent."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -57,10 +59,9 @@ class CheckpointError(MergeError):
 # ------------------------------------------------------------------------------------------------
 class Checkpoint:
     """Read-only view of a model directory's weights: key → shape/dtype from the headers, and
-    `get(key)` reading one tensor. Safetensors only, unless `allow_pickle` (then `.bin` files are
-    loaded with `torch.load(weights_only=True)`, never arbitrary pickles)."""
+    `get(key)` reading one tensor. Safetensors only: nothing loads a pickle from a user path."""
 
-    def __init__(self, path: str | os.PathLike, allow_pickle: bool = False, name: str | None = None):
+    def __init__(self, path: str | os.PathLike, name: str | None = None):
         self.path = Path(path)
         self.name = name or str(self.path)
         if not self.path.is_dir():
@@ -68,14 +69,13 @@ class Checkpoint:
         self.shapes: dict[str, tuple] = {}
         self.dtypes: dict[str, torch.dtype] = {}
         self.file_of: dict[str, str] = {}
-        self._pickled: dict[str, Mapping[str, torch.Tensor]] = {}
-        files = self._weight_files(allow_pickle)
+        files = self._weight_files()
         for fname in files:
             self._read_header(fname)
         if not self.shapes:
             raise CheckpointError(f"{self.name}: no tensors in {', '.join(files)}")
 
-    def _weight_files(self, allow_pickle: bool) -> list[str]:
+    def _weight_files(self) -> list[str]:
         p = self.path
         if (p / SAFE_INDEX).is_file():
             return self._index_files(SAFE_INDEX)
@@ -87,10 +87,8 @@ class Checkpoint:
         pickled = PICKLE_INDEX if (p / PICKLE_INDEX).is_file() else PICKLE_SINGLE if (p / PICKLE_SINGLE).is_file() else None
         if pickled is None:
             raise CheckpointError(f"{self.name}: no model weights ({SAFE_SINGLE}, {SAFE_INDEX}, or *.safetensors)")
-        if not allow_pickle:
-            raise CheckpointError(f"{self.name}: only pickled {pickled} weights; refusing to load a pickle "
-                                  f"(pass --allow-pickle to load it with torch.load(weights_only=True))")
-        return self._index_files(PICKLE_INDEX) if pickled == PICKLE_INDEX else [PICKLE_SINGLE]
+        raise CheckpointError(f"{self.name}: only pickled weights ({pickled}), and pickled weights are not loaded; "
+                              "convert them to safetensors (save_pretrained(..., safe_serialization=True))")
 
     def _index_files(self, index: str) -> list[str]:
         try:
@@ -104,26 +102,18 @@ class Checkpoint:
         return files
 
     def _read_header(self, fname: str) -> None:
+        from safetensors import safe_open
+
         path = self.path / fname
-        if fname.endswith(".safetensors"):
-            from safetensors import safe_open
-            try:
-                with safe_open(str(path), framework="pt") as h:
-                    for k in h.keys():
-                        sl = h.get_slice(k)
-                        self._add(k, tuple(sl.get_shape()), _DTYPES.get(sl.get_dtype()), fname)
-            except CheckpointError:
-                raise
-            except Exception as e:  # safetensors raises its own error types for corrupt files
-                raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
-        else:
-            try:
-                sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except Exception as e:
-                raise CheckpointError(f"{path}: cannot load with weights_only=True ({e})") from None
-            self._pickled[fname] = sd
-            for k, t in sd.items():
-                self._add(k, tuple(t.shape), t.dtype, fname)
+        try:
+            with safe_open(str(path), framework="pt") as h:
+                for k in h.keys():
+                    sl = h.get_slice(k)
+                    self._add(k, tuple(sl.get_shape()), _DTYPES.get(sl.get_dtype()), fname)
+        except CheckpointError:
+            raise
+        except Exception as e:  # safetensors raises its own error types for corrupt files
+            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
 
     def _add(self, key: str, shape: tuple, dtype: Optional[torch.dtype], fname: str) -> None:
         if dtype is None:
@@ -138,11 +128,9 @@ class Checkpoint:
     def get(self, key: str, copy: bool = True) -> torch.Tensor:
         """One tensor. copy=True: in process memory. copy=False: a view of the file mapping (no copy;
         the pages are read when touched), valid after the handle is closed, dropped with the tensor."""
-        fname = self.file_of[key]
-        if fname in self._pickled:
-            return self._pickled[fname][key]
         from safetensors import safe_open
 
+        fname = self.file_of[key]
         # A fresh handle per tensor: a long-lived handle keeps every page it ever touched in this
         # process's RSS (the whole model, by the end); here each mapping goes with its tensor.
         with safe_open(str(self.path / fname), framework="pt") as h:
@@ -153,17 +141,11 @@ class Checkpoint:
         t.copy_(mapped)
         return t
 
-    def close(self) -> None:
-        self._pickled.clear()
 
-
-def load_state_dict(path: str | os.PathLike, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Every tensor of a model directory, in memory (for tests and small models)."""
-    ck = Checkpoint(path, allow_pickle)
-    try:
-        return {k: ck.get(k) for k in ck.keys()}
-    finally:
-        ck.close()
+    ck = Checkpoint(path)
+    return {k: ck.get(k) for k in ck.keys()}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -224,22 +206,24 @@ def _tensor_bytes(t: torch.Tensor):
 # ------------------------------------------------------------------------------------------------
 # The streamed merge
 # ------------------------------------------------------------------------------------------------
-def _open_inputs(init: Optional[str | os.PathLike], models: Sequence[str | os.PathLike], uses_init: bool,
-                 allow_pickle: bool) -> tuple[Optional[Checkpoint], list[Checkpoint]]:
-    ck_init = Checkpoint(init, allow_pickle, name=f"init {init}") if uses_init else None
-    ck_models = [Checkpoint(m, allow_pickle, name=f"model {m}") for m in models]
+def _open_inputs(init: Optional[str | os.PathLike], models: Sequence[str | os.PathLike],
+                 uses_init: bool) -> tuple[Optional[Checkpoint], list[Checkpoint]]:
+    ck_init = Checkpoint(init, name=f"init {init}") if uses_init else None
+    ck_models = [Checkpoint(m, name=f"models[{i}] {m}") for i, m in enumerate(models)]
     return ck_init, ck_models
 
 
 def merge_checkpoints(method: str, models: Sequence[str | os.PathLike], out: str | os.PathLike,
                       init: Optional[str | os.PathLike] = None, params: Mapping[str, Any] | None = None,
-                      overwrite: bool = False, allow_pickle: bool = False,
+                      overwrite: bool = False,
                       max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, progress: bool = True,
                       recipe_extra: Mapping[str, Any] | None = None) -> Path:
     """Merge model directories with registered `method` into the new directory `out`, streamed.
 
     `init` is required by methods that use θ_init (slerp, liti, task_arithmetic, ties, dare).
-    Every input is checked (existence, key sets, shapes, parameters) before anything is written.
+    Every input is checked (existence, key sets, shapes, parameters, where `out` goes) before
+    anything is written; a NaN/Inf in an input tensor is found as that tensor is read, and the
+    temporary output is removed (MergeError naming the input and key): `out` never appears.
     Returns the output path. The result equals `merge.merge_state_dicts` on the loaded inputs.
     """
     m = get_method(method)
@@ -249,20 +233,17 @@ def merge_checkpoints(method: str, models: Sequence[str | os.PathLike], out: str
     out = Path(out)
     if m.uses_init and init is None:
         raise MergeError(f"{method} needs --init")
-    if out.exists() and not overwrite:
-        raise MergeError(f"{out} already exists (pass --overwrite to replace it)")
-    inputs = ([Path(init)] if m.uses_init else []) + models
-    for src in inputs:
-        if src.exists() and out.resolve() == src.resolve():
-            raise MergeError(f"--out {out} is also an input; write the merge somewhere else")
-    ck_init, ck_models = _open_inputs(init, models, m.uses_init, allow_pickle)
+    check_out(out, ([Path(init)] if m.uses_init else []) + models, overwrite)
+    if isinstance(max_shard_bytes, bool) or not isinstance(max_shard_bytes, int) or max_shard_bytes <= 0:
+        raise MergeError(f"max_shard_bytes must be a positive integer, got {max_shard_bytes!r}")
+    ck_init, ck_models = _open_inputs(init, models, m.uses_init)
+    ref = ck_init if ck_init is not None else ck_models[0]
+    rest = ck_models if ck_init is not None else ck_models[1:]
+    check_shapes(ref.shapes, [c.shapes for c in rest], ref.name, [c.name for c in rest])
+    keys = ref.keys()
+    shards = plan_shards(keys, ref.shapes, ref.dtypes, max_shard_bytes)
     try:
-        ref = ck_init if ck_init is not None else ck_models[0]
-        rest = ck_models if ck_init is not None else ck_models[1:]
-        check_shapes(ref.shapes, [c.shapes for c in rest], ref.name, [c.name for c in rest])
-        keys = ref.keys()
-        shards = plan_shards(keys, ref.shapes, ref.dtypes, max_shard_bytes)
-        with atomic_directory(out, overwrite=overwrite) as tmp:
+        with atomic_directory(out, overwrite=overwrite) as tmp, one_intra_op_thread():
             degenerate = _stream(m, p, ref, ck_init, ck_models, shards, tmp, progress)
             if len(shards) > 1:
                 atomic_write_json(tmp / SAFE_INDEX, {
@@ -282,11 +263,35 @@ def merge_checkpoints(method: str, models: Sequence[str | os.PathLike], out: str
             }
             atomic_write_json(tmp / RECIPE_FILE, recipe)
             atomic_write_text(tmp / "README.md", model_card(recipe))
-        warn_degenerate(method, degenerate)
-    finally:
-        for c in ([ck_init] if ck_init else []) + ck_models:
-            c.close()
+    except OSError as e:   # e.g. disk full mid-merge: one line; atomic_directory removed the temporary
+        raise MergeError(f"writing {out} failed: {e.strerror or e}" + (f" ({e.filename})" if e.filename else "")) from None
+    warn_degenerate(method, degenerate)
     return out
+
+
+def check_out(out: Path, inputs: Sequence[Path], overwrite: bool) -> None:
+    """Refuse, before any work, an output that exists (unless `overwrite`), cannot be created (its
+    nearest existing ancestor is not a writable directory), is an input, lies inside one, or holds
+    one (replacing it would delete it)."""
+    if out.exists() and not overwrite:
+        raise MergeError(f"{out} already exists (pass --overwrite to replace it)")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise MergeError(f"cannot create --out {out}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise MergeError(f"cannot create --out {out}: {parent} is not writable (permission denied or read-only)")
+    o = out.resolve()
+    for src in inputs:
+        s = src.resolve()
+        if o == s:
+            raise MergeError(f"--out {out} is also an input; write the merge somewhere else")
+        if s in o.parents:
+            raise MergeError(f"--out {out} is inside the input {src}; write the merge somewhere else")
+        if o in s.parents:
+            raise MergeError(f"--out {out} holds the input {src}, which replacing it would delete; "
+                             "write the merge somewhere else")
 
 
 def _stream(m, p, ref: Checkpoint, ck_init: Optional[Checkpoint], ck_models: list[Checkpoint],
@@ -296,6 +301,7 @@ def _stream(m, p, ref: Checkpoint, ck_init: Optional[Checkpoint], ck_models: lis
     from tqdm.auto import tqdm
 
     order = [(s, k) for s in shards for k in s.keys]
+    inputs = ([ck_init] if ck_init is not None else []) + ck_models
 
     def read(key: str):
         # Mapped, not copied: the arithmetic reads each input in place (one pass fewer over memory);
@@ -312,38 +318,36 @@ def _stream(m, p, ref: Checkpoint, ck_init: Optional[Checkpoint], ck_models: lis
         x_ref = x_init if x_init is not None else xs[0]
         if not x_ref.is_floating_point():
             return x_ref, False
+        check_finite([(ck.name, {key: x}) for ck, x in zip(inputs, ([x_init] if x_init is not None else []) + xs)])
         y, deg = m.apply(key, x_init, xs, p)
         return y.to(x_ref.dtype), deg
 
     degenerate: list[str] = []
-    threads = torch.get_num_threads()
-    # The chunked arithmetic is cache-sized: intra-op threads only add barrier spinning (10× slower
-    # on a busy machine, measured). Both cores go to tensor-level workers and the writer instead.
-    torch.set_num_threads(1)
     bar = tqdm(total=len(order), unit="tensor", desc=f"merge {m.name}", disable=not progress)
     writes: queue.Queue = queue.Queue(maxsize=2)
     errors: list[BaseException] = []
 
     def writer():
         f = None
-        try:
-            while True:
-                item = writes.get()
-                if item is None:
-                    break
+        while (item := writes.get()) is not None:
+            if errors:   # after a failure only drain the queue, so the main thread's put() never blocks
+                continue
+            try:
                 kind, payload = item
                 if kind == "open":
                     if f is not None:
                         f.close()
                     f = open(tmp / payload[0], "wb")
                     f.write(payload[1])
-                elif f is not None and not errors:
+                elif f is not None:
                     f.write(_tensor_bytes(payload))
-        except BaseException as e:  # reported to the main thread below
-            errors.append(e)
-        finally:
+            except BaseException as e:  # reported to the main thread below
+                errors.append(e)
+        try:
             if f is not None:
                 f.close()
+        except OSError as e:
+            errors.append(e)
 
     wt = threading.Thread(target=writer, daemon=True)
     wt.start()
@@ -375,7 +379,6 @@ def _stream(m, p, ref: Checkpoint, ck_init: Optional[Checkpoint], ck_models: lis
         writes.put(None)
         wt.join()
         bar.close()
-        torch.set_num_threads(threads)
     if errors:
         raise errors[0]
     return degenerate
@@ -407,23 +410,3 @@ def model_card(recipe: Mapping[str, Any]) -> str:
     lines += ["", f"The full recipe is in `{RECIPE_FILE}`.", ""]
     return "\n".join(lines)
 
-
-def parse_size(text: str | int) -> int:
-    """'500MB', '2GB', '1.5GiB' or a byte count → bytes."""
-    if isinstance(text, int):
-        return text
-    s = str(text).strip().upper()
-    units = [("GIB", 2**30), ("MIB", 2**20), ("KIB", 2**10), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3), ("B", 1)]
-    for u, mult in units:
-        if s.endswith(u):
-            s, factor = s[: -len(u)], mult
-            break
-    else:
-        factor = 1
-    try:
-        n = int(float(s) * factor)
-    except ValueError:
-        raise MergeError(f"bad size {text!r} (expected e.g. 500MB, 2GB)") from None
-    if n <= 0:
-        raise MergeError(f"size must be positive, got {text!r}")
-    return n

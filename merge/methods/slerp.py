@@ -18,6 +18,8 @@ from typing import Sequence
 
 import torch
 
+from ..errors import MergeError
+
 # Below NORM_EPS a task vector has no direction. Above COS_MAX (|cos Ω|, i.e. sinΩ < 0.032) the
 # angle is too close to 0 or π: near 0 SLERP equals LERP to within 1e-4 anyway, and near π the
 # coefficients 1/(2cos(Ω/2)) explode and amplify rounding, so fall back to LERP (mergekit's slerp uses the same 0.9995).
@@ -133,14 +135,21 @@ def combine_task_vectors(init: torch.Tensor, models: Sequence[torch.Tensor], coe
     return out.view(init.shape)
 
 
-def slerp_tensor(init: torch.Tensor, models: Sequence[torch.Tensor], lam: float | None = None) -> tuple[torch.Tensor, bool]:
+def slerp_tensor(init: torch.Tensor, models: Sequence[torch.Tensor], lam: float | None = None,
+                 key: str = "") -> tuple[torch.Tensor, bool]:
     """θ_init + SLERP of the task vectors (θ_m − θ_init) of one tensor; init's dtype, plus the fallback flag.
 
-    Shapes: init and every model [*S] → [*S]. M = len(models) ≥ 2; lam only for M = 2.
+    Shapes: init and every model [*S] → [*S]. M = len(models) ≥ 2; lam only for M = 2. `key` names
+    the tensor in the MergeError raised when finite inputs give a non-finite Gram matrix or
+    coefficients (task vectors so large that their dot products overflow).
     """
     if init.numel() == 0:
         return init.clone(), False
-    coef, degenerate = slerp_weights(task_vector_gram(init, models), lam)
+    gram = task_vector_gram(init, models)
+    coef, degenerate = slerp_weights(gram, lam)
+    if not (bool(torch.isfinite(gram).all()) and all(math.isfinite(c) for c in coef)):
+        raise MergeError(f"slerp of tensor {key!r}: task vectors too large (their dot products overflow "
+                         f"{_wide(init.dtype)}); non-finite SLERP coefficients")
     return combine_task_vectors(init, models, coef), degenerate
 
 
@@ -149,7 +158,6 @@ from dataclasses import dataclass  # noqa: E402
 from typing import Optional  # noqa: E402
 
 from ..checks import check_unit_interval  # noqa: E402
-from ..errors import MergeError  # noqa: E402
 from ..registry import Method, register  # noqa: E402
 
 
@@ -165,5 +173,5 @@ class SlerpParams:
 
 
 register(Method("slerp", SlerpParams, uses_init=True, min_models=2, max_models=None,
-                apply=lambda key, init, models, p: slerp_tensor(init, models, p.lam),
+                apply=lambda key, init, models, p: slerp_tensor(init, models, p.lam, key),
                 summary="task-vector SLERP, one angle per tensor (paper Eq. 4), M > 2 by recursion"))

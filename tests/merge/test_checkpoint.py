@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,8 +10,9 @@ from safetensors.torch import load_file, save_file
 
 import merge
 from merge import MergeError
-from merge.checkpoint import (RECIPE_FILE, SAFE_INDEX, Checkpoint, load_state_dict, merge_checkpoints, parse_size,
+from merge.checkpoint import (RECIPE_FILE, SAFE_INDEX, Checkpoint, CheckpointError, load_state_dict, merge_checkpoints,
                               plan_shards)
+from merge.units import parse_size
 from tests.merge.conftest import make_ckpts
 
 CASES = [
@@ -105,10 +107,10 @@ def _write_variant(ckpts, tmp_path, name, change):
 
 
 @pytest.mark.parametrize("kind, match", [
-    ("shape", r"key 'model.norm.weight': shape \(32,\) in init .* vs \(33,\) in model"),
-    ("missing", r"key 'lm_head.weight' is in init .* but missing from model"),
-    ("extra", r"key 'extra.weight' is in model .* but not in init"),
-    ("missing_dir", r"model .*nope: not a directory"),
+    ("shape", r"key 'model.norm.weight': shape \(32,\) in init .* vs \(33,\) in models\[1\] "),
+    ("missing", r"key 'lm_head.weight' is in init .* but missing from models\[1\] "),
+    ("extra", r"key 'extra.weight' is in models\[1\] .* but not in init"),
+    ("missing_dir", r"models\[1\] .*nope: not a directory"),
     ("one_model", r"slerp needs at least 2 model\(s\), got 1"),
     ("lam", r"lam must be in \[0, 1\], got 1.5"),
     ("no_weights", r"no model weights"),
@@ -164,6 +166,23 @@ def test_out_equal_to_an_input_refused(ckpts):
         merge_checkpoints("slerp", ckpts.models[:2], ckpts.models[0], init=ckpts.init, overwrite=True, progress=False)
 
 
+@pytest.mark.parametrize("where", ["init/sub", "m1/sub", "m2/a/b", "m1/../m2/x", "link/sub"])
+def test_out_inside_an_input_refused_before_writing(ckpts, tmp_path, where):
+    (tmp_path / "link").symlink_to(ckpts.models[0])
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    with pytest.raises(MergeError, match="is inside the input"):
+        merge_checkpoints("slerp", ckpts.models[:2], tmp_path / where, init=ckpts.init, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before   # nothing created or touched
+
+
+def test_out_holding_an_input_refused_on_overwrite(ckpts, tmp_path):
+    """Replacing --out would delete an input inside it: refused, and the input is still there."""
+    with pytest.raises(MergeError, match="holds the input"):
+        merge_checkpoints("slerp", ckpts.models[:2], tmp_path, init=ckpts.init, overwrite=True, progress=False)
+    assert load_state_dict(ckpts.models[0]).keys() == ckpts.init_sd.keys()
+    assert not [p for p in tmp_path.parent.iterdir() if p.name.startswith(f".{tmp_path.name}.")]
+
+
 def test_failure_mid_merge_leaves_nothing(ckpts, tmp_path, monkeypatch):
     """A merge killed half-way (here: an exception on the 5th tensor) never leaves a complete-looking dir."""
     import dataclasses
@@ -187,31 +206,39 @@ def test_failure_mid_merge_leaves_nothing(ckpts, tmp_path, monkeypatch):
     assert _no_output(tmp_path)
 
 
-def test_pickle_refused_unless_opted_in(tmp_path):
-    sd = {"w": torch.randn(3, 2)}
-    ms = [{"w": torch.randn(3, 2)} for _ in range(2)]
-    for name, s in [("init", sd), ("a", ms[0]), ("b", ms[1])]:
-        (tmp_path / name).mkdir()
-        torch.save(s, tmp_path / name / "pytorch_model.bin")
-    args = ([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
-    with pytest.raises(MergeError, match="refusing to load a pickle"):
-        merge_checkpoints("slerp", *args, init=tmp_path / "init", progress=False)
-    assert _no_output(tmp_path)
-    out = merge_checkpoints("slerp", *args, init=tmp_path / "init", allow_pickle=True, progress=False)
-    torch.testing.assert_close(load_state_dict(out)["w"], merge.slerp(sd, ms)["w"], rtol=0, atol=0)
+class _Marker:
+    """Unpickling this writes a file: proof that something loaded the pickle."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.path), "unpickled"))
 
 
-def test_pickle_opt_in_still_refuses_arbitrary_objects(tmp_path):
-    class Evil:
-        def __reduce__(self):
-            return (print, ("pwned",))
-
+@pytest.mark.parametrize("layout", ["single", "sharded"])
+def test_pickled_weights_refused_never_loaded(tmp_path, layout):
+    """Nothing loads a pickle from a user path: a pickle-only dir is a one-line error, and is never unpickled."""
+    marker = tmp_path / "unpickled.txt"
     for name in ("init", "a", "b"):
-        (tmp_path / name).mkdir()
-        torch.save({"w": torch.zeros(2), "x": Evil()}, tmp_path / name / "pytorch_model.bin")
-    with pytest.raises(MergeError, match="weights_only=True"):
+        d = tmp_path / name
+        d.mkdir()
+        sd = {"w": torch.randn(3, 2), "evil": _Marker(marker)}
+        if layout == "single":
+            torch.save(sd, d / "pytorch_model.bin")
+        else:
+            torch.save(sd, d / "pytorch_model-00001-of-00001.bin")
+            (d / "pytorch_model.bin.index.json").write_text(json.dumps(
+                {"weight_map": {"w": "pytorch_model-00001-of-00001.bin"}}))
+    with pytest.raises(CheckpointError) as e:
         merge_checkpoints("slerp", [tmp_path / "a", tmp_path / "b"], tmp_path / "out", init=tmp_path / "init",
-                          allow_pickle=True, progress=False)
+                          progress=False)
+    msg = str(e.value)
+    assert "pickled weights are not loaded" in msg and "convert them to safetensors" in msg and "\n" not in msg
+    assert msg.startswith(f"init {tmp_path / 'init'}: only pickled weights (pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="pickled weights are not loaded"):
+        load_state_dict(tmp_path / "a")
+    assert not marker.exists() and _no_output(tmp_path)
 
 
 def test_checkpoint_reader_and_helpers(ckpts):
@@ -221,5 +248,10 @@ def test_checkpoint_reader_and_helpers(ckpts):
     shards = plan_shards(["a", "b", "c"], {"a": (10,), "b": (10,), "c": (30,)}, {k: torch.float32 for k in "abc"}, 80)
     assert [s.keys for s in shards] == [["a", "b"], ["c"]] and shards[0].name == "model-00001-of-00002.safetensors"
     assert parse_size("2GB") == 2 * 10**9 and parse_size("1.5MiB") == int(1.5 * 2**20) and parse_size(7) == 7
-    with pytest.raises(MergeError, match="bad size"):
-        parse_size("lots")
+    assert parse_size(" 30kb ") == 30_000 and parse_size("512") == 512
+    for bad in ("lots", "inf", "nan", "GB", True):
+        with pytest.raises(MergeError, match="bad size"):
+            parse_size(bad)
+    for bad in ("0", "-1MB", 0, -3):
+        with pytest.raises(MergeError, match="size must be positive"):
+            parse_size(bad)

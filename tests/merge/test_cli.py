@@ -72,6 +72,7 @@ def test_cli_yaml_recipe(ckpts, tmp_path):
     ("method: slerp\ninit: {init}\nmodels: [{m1}, {m2}]\nparams: {{lam: 2}}\nout: o\n", r"lam must be in \[0, 1\]"),
     ("method: slerp\ninit: {init}\nmodels: [{m1}, {m2}]\nparams: {{eta: 0.3}}\nout: o\n", "unknown key 'eta'"),
     ("method: slerp\n  bad: [yaml\n", "invalid YAML"),
+    ("method: slerp\ninit: {init}\nmodels: [{m1}, {m2}]\nallow_pickle: true\nout: o\n", "unknown key 'allow_pickle'"),
 ])
 def test_cli_yaml_recipe_errors(ckpts, tmp_path, capsys, text, match):
     import re
@@ -130,3 +131,10 @@ def test_cli_lerp_two_models(ckpts, tmp_path):
                  "--no-progress"]) == 0
     same(tmp_path / "o", merge.lerp(ckpts.model_sds[0], ckpts.model_sds[1], 0.25))
     assert main(["merge", "lerp", "--models", *map(str, ckpts.models), "--out", str(tmp_path / "o2")]) == 2
+
+
+def test_cli_has_no_pickle_opt_in(ckpts, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["merge", "slerp", "--init", str(ckpts.init), "--models", *map(str, ckpts.models[:2]),
+              "--out", str(tmp_path / "o"), "--allow-pickle"])
+    assert e.value.code == 2 and "--allow-pickle" in capsys.readouterr().err and not (tmp_path / "o").exists()
