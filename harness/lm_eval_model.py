@@ -42,7 +42,7 @@ class WarpLM(TemplateLM):
             sampler = HFEngine(model, tokenizer)
         self.model, self.tokenizer, self.sampler, self.seed = model.eval(), tokenizer, sampler, seed
         limit = getattr(model.config, "max_position_embeddings", None) or 2048
-        self.max_length = min(max_length or limit, limit)
+        self.max_length = min(max_length or limit, limit, getattr(sampler, "max_model_len", limit))
 
     # -- tokenization (as lm-eval's HF model: the tokenizer's own special-token default) ----------
     @property

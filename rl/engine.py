@@ -141,12 +141,25 @@ def vllm_installed() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
+def _model_config(model_dir: str | os.PathLike) -> dict | None:
+    """config.json of a model directory (or a hub id in the local cache); None when unreadable."""
+    path = Path(model_dir) / "config.json"
+    try:
+        if path.is_file():
+            return json.loads(path.read_text())
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(str(model_dir)).to_dict()
+    except Exception:  # noqa: BLE001 — any failure means "no readable config here"
+        return None
+
+
 def architecture_key(model_dir: str | os.PathLike) -> str:
     """What must match for two checkpoints to share one engine: config.json without names/versions."""
-    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    cfg = dict(_model_config(model_dir) or {"unreadable": str(model_dir)})
     for k in ("_name_or_path", "_model_name_or_path", "transformers_version", "dtype", "torch_dtype"):
         cfg.pop(k, None)
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def vllm_unsupported_reason(model_dir: str | os.PathLike) -> str | None:
@@ -154,7 +167,9 @@ def vllm_unsupported_reason(model_dir: str | os.PathLike) -> str | None:
     start leaves the process unable to start another engine."""
     if not vllm_installed():
         return "vLLM is not installed"
-    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    cfg = _model_config(model_dir)
+    if cfg is None:
+        return f"cannot read the model config of {model_dir}"
     if not torch.cuda.is_available():
         heads = cfg.get("num_attention_heads") or 1
         head_dim = cfg.get("head_dim") or (cfg.get("hidden_size", 0) // heads)
@@ -185,16 +200,19 @@ class VLLMEngine:
         from vllm import LLM
 
         kwargs = {} if not torch.cuda.is_available() else {"gpu_memory_utilization": gpu_memory_utilization}
+        positions = (_model_config(model_dir) or {}).get("max_position_embeddings")
+        if positions:
+            max_model_len = min(max_model_len, int(positions))   # vLLM refuses a longer one
         try:
             self.llm = LLM(model=str(model_dir), dtype=dtype, logprobs_mode="processed_logprobs", seed=seed,
                            max_model_len=max_model_len, enforce_eager=not torch.cuda.is_available(), **kwargs)
         except Exception as e:  # noqa: BLE001 — vLLM raises many kinds; all mean "cannot start here"
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise EngineError(f"engine 'vllm' could not start for {model_dir}: {first[:300]}") from None
+            lines = [x.strip() for x in str(e).strip().splitlines() if x.strip()] or [type(e).__name__]
+            raise EngineError(f"engine 'vllm' could not start for {model_dir}: {' / '.join(lines[:3])[:400]}") from None
         finally:
             torch.set_num_threads = set_threads
             set_threads(threads)
-        self.tokenizer, self.dtype, self.model_dir = tokenizer, dtype, str(model_dir)
+        self.tokenizer, self.dtype, self.model_dir, self.max_model_len = tokenizer, dtype, str(model_dir), max_model_len
         self.architecture = architecture_key(model_dir)
         try:
             gen_cfg = GenerationConfig.from_pretrained(model_dir)
