@@ -104,6 +104,22 @@ def kl_definition(meta: dict) -> str:
             "k1 and k3 Monte Carlo estimates over sampled completions")
 
 
+def engine_sentence(meta: dict) -> str:
+    """Which engine sampled what: the scored completions (per point when they differ) and the RL rollouts."""
+    st = meta.get("settings") or {}
+    engine = st.get("engine") or "hf (not recorded)"
+    name = {"vllm": "vLLM", "hf": "transformers `generate`"}.get(engine, engine)
+    dtype = f" ({st['engine_dtype']} weights)" if st.get("engine_dtype") else ""
+    text = f"Sampling engine: the scored completions were sampled by {name}{dtype}"
+    others = sorted(p for p, e in (meta.get("point_engines") or {}).items() if e and e != engine)
+    if others:
+        text += f", except {', '.join(others)} (transformers: another architecture than the run's)"
+    rollout = ((meta.get("config") or {}).get("engine") or {}).get("name")
+    if rollout:
+        text += f"; the RL rollouts by {({'vllm': 'vLLM', 'hf': 'transformers'}).get(rollout, rollout)}"
+    return text + "."
+
+
 def _fmt(v, se=None, digits=3) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
@@ -152,6 +168,7 @@ def render_markdown(df: pd.DataFrame, meta: dict, plots: Sequence[str]) -> str:
                f"`{meta.get('task', {}).get('reward_model', '?')}`, control reward `{meta.get('task', {}).get('control_reward', '?')}`.\n")
     out.append(f"KL: {kl_definition(meta)} (k1: Σ_t log π^T/π_sft^T; k3: Σ_t (r−1) − log r with "
                "r = π_sft^T/π^T). Values are mean ± s.e. over prompts.\n")
+    out.append(engine_sentence(meta) + "\n")
     out.append("## Pareto fronts (LITI, per iteration)\n")
     iterations = sorted(int(i) for i in wide.loc[wide.kind == "liti", "iteration"].dropna().unique()) if len(wide) else []
     fronts = [front_table(wide, i) for i in iterations]
@@ -385,6 +402,7 @@ def write_report(eval_dir: str | Path, out: str | Path, overwrite: bool = False)
         raise HarnessError(f"{path}: invalid JSON ({getattr(e, 'msg', None) or e.reason})") from None
     check_summary(summary, path)
     meta = {k: summary[k] for k in ("run_dir", "config", "task", "settings") if k in summary}
+    meta["point_engines"] = {p["name"]: p.get("engine") for p in summary.get("points", [])}
     meta["title"] = Path(out).name
     return render_report(tidy_frame(summary), meta, out, overwrite=overwrite)
 
