@@ -114,12 +114,12 @@ class EngineConfig:
     name: Literal["auto", "vllm", "hf"] = "auto"     # auto: vllm when installed and able to run the policy
     dtype: Literal["float32", "bfloat16"] = "float32"  # vLLM's weights; float32 keeps rollouts on-policy
     max_model_len: int = 2048                          # prompt + completion tokens per request (vLLM)
-    kv_cache_gib: float = 2.0                          # CPU: VLLM_CPU_KVCACHE_SPACE
+    kv_cache_gib: int = 1                              # CPU: VLLM_CPU_KVCACHE_SPACE, whole GiB (1 ≈ 23k tokens of SmolLM2)
     gpu_memory_utilization: float = 0.3                # CUDA: the colocated engine's share of GPU memory
 
     def validate(self) -> None:
         _check(self.max_model_len >= 16, f"engine.max_model_len must be ≥ 16, got {self.max_model_len}")
-        _check(self.kv_cache_gib > 0, f"engine.kv_cache_gib must be > 0, got {self.kv_cache_gib}")
+        _check(self.kv_cache_gib >= 1, f"engine.kv_cache_gib must be ≥ 1 (whole GiB), got {self.kv_cache_gib}")
         _check(0 < self.gpu_memory_utilization < 1,
                f"engine.gpu_memory_utilization must be in (0, 1), got {self.gpu_memory_utilization}")
 

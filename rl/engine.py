@@ -184,12 +184,12 @@ class VLLMEngine:
     name = "vllm"
 
     def __init__(self, model_dir: str | os.PathLike, tokenizer, dtype: str = "float32", max_model_len: int = 2048,
-                 kv_cache_gib: float = 2.0, gpu_memory_utilization: float = 0.3, seed: int = 0) -> None:
+                 kv_cache_gib: int = 1, gpu_memory_utilization: float = 0.3, seed: int = 0) -> None:
         reason = vllm_unsupported_reason(model_dir)
         if reason:
             raise EngineError(f"engine 'vllm' for {model_dir}: {reason}")
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{kv_cache_gib:g}")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(kv_cache_gib)))
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         threads = torch.get_num_threads()
         # vLLM's CPU worker pins torch to 1 thread unless OMP_NUM_THREADS is set, and replaces
@@ -272,7 +272,7 @@ def resolve_engine(name: str, model_dir: str | os.PathLike | None = None) -> str
 
 
 def get_engine(name: str, model, tokenizer, model_dir: str | os.PathLike | None = None, dtype: str = "float32",
-               max_model_len: int = 2048, kv_cache_gib: float = 2.0, gpu_memory_utilization: float = 0.3):
+               max_model_len: int = 2048, kv_cache_gib: int = 1, gpu_memory_utilization: float = 0.3):
     """An engine loaded with `model`'s weights. 'hf' wraps the model; 'vllm' reuses this process's
     engine when the architecture matches (else starts it; a second architecture falls back to hf
     with a warning, since one process holds one vLLM engine)."""

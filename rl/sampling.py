@@ -101,19 +101,28 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
 
     `temperature` T gives the log-probs of the tempered policy π^T (logits / T), the one the
     completions were sampled from; both the RL loop and the harness pass the sampling temperature.
-    Differentiable when called with grad enabled (the policy-gradient pass).
+    Differentiable when called with grad enabled (the policy-gradient pass). Only the positions
+    that predict completion tokens go through the LM head (`logits_to_keep`): prompts are
+    left-padded, so those are the last C + 1 positions.
     """
     device = next(model.parameters()).device
     input_ids, attention_mask, completion_mask = (t.to(device) for t in (input_ids, attention_mask, completion_mask))
+    L = input_ids.shape[1]
+    cols = completion_mask.any(0).nonzero()
+    first = max(1, int(cols[0])) if len(cols) else L - 1      # first column holding a completion token
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-    logits = logits[:, :-1].float()
+    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+    try:
+        logits = model(**kwargs, logits_to_keep=L - first + 1).logits
+    except TypeError:        # a model class without logits_to_keep: all positions
+        logits = model(**kwargs).logits
+    logits = logits[:, -(L - first + 1):-1].float()          # positions first−1 .. L−2 predict first .. L−1
     if temperature != 1.0:
         logits = logits / temperature
     logp = torch.log_softmax(logits, dim=-1)
-    picked = logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    picked = logp.gather(-1, input_ids[:, first:].unsqueeze(-1)).squeeze(-1)
     out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
-    out[:, 1:] = picked * completion_mask[:, 1:].float()
+    out[:, first:] = picked * completion_mask[:, first:].float()
     return out
 
 
