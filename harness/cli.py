@@ -11,14 +11,16 @@ Errors are one line on stderr, never a traceback (`warp --debug CMD ...` shows i
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import sys
 from typing import Sequence
 
+from merge import cli as merge_cli
 from merge.errors import WarpError
+from rl import cli as rl_cli
 
-SUBCOMMAND_MODULES = ("merge.cli", "rl.cli", "harness.commands")
+from . import commands as harness_commands
+
+SUBCOMMAND_MODULES = (merge_cli, rl_cli, harness_commands)   # each registers its subcommands
 EXIT_BAD_INPUT = 2
 EXIT_OS_ERROR = 1
 
@@ -32,9 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in SUBCOMMAND_MODULES:
-        if importlib.util.find_spec(name) is not None:
-            importlib.import_module(name).register(sub)
+    for module in SUBCOMMAND_MODULES:
+        module.register(sub)
     return parser
 
 

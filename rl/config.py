@@ -91,7 +91,6 @@ class WarpConfig:
     # iteration's init, and bf16 rounding (2^-9 relative) is larger than small task vectors.
     storage_dtype: Literal["float32", "bfloat16"] = "float32"
     state_every: int = 10                # resumable training state every N steps
-    parallel: Literal["auto", "sequential", "processes"] = "auto"   # auto: one process per GPU, else sequential
 
     def validate(self) -> None:
         _check(self.iterations >= 1, f"warp.iterations must be ≥ 1, got {self.iterations}")
@@ -125,6 +124,26 @@ class EngineConfig:
 
 
 @dataclass
+class ExecutorConfig:
+    """Where the M runs of an iteration run (rl.executor): here, one after the other, or as Ray tasks."""
+
+    name: Literal["local", "ray"] = "local"
+    ray_address: Optional[str] = None    # None: $RAY_ADDRESS, else a local Ray instance
+    local_cpus: Optional[int] = None     # CPUs of a local Ray instance (None: all of this machine's)
+    num_cpus: float = 1.0                # per run (also its torch thread count)
+    num_gpus: float = 0.0                # per run
+    memory_gb: Optional[float] = None    # per run, for Ray's scheduler
+    max_retries: int = 3                 # a run whose worker died is retried and resumes from its state
+
+    def validate(self) -> None:
+        _check(self.num_cpus > 0, f"executor.num_cpus must be > 0, got {self.num_cpus}")
+        _check(self.num_gpus >= 0, f"executor.num_gpus must be ≥ 0, got {self.num_gpus}")
+        _check(self.max_retries >= 0, f"executor.max_retries must be ≥ 0, got {self.max_retries}")
+        _check(self.local_cpus is None or self.local_cpus >= 1, f"executor.local_cpus must be ≥ 1, got {self.local_cpus}")
+        _check(self.memory_gb is None or self.memory_gb > 0, f"executor.memory_gb must be > 0, got {self.memory_gb}")
+
+
+@dataclass
 class RLConfig:
     """One WARP experiment (or a plain REINFORCE baseline)."""
 
@@ -136,7 +155,10 @@ class RLConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     reinforce: ReinforceConfig = field(default_factory=ReinforceConfig)
     warp: WarpConfig = field(default_factory=WarpConfig)
+    trainer: Literal["native", "trl"] = "native"   # one RL run: rl.run.train_run, or TRL's RLOOTrainer (rl.trl_backend)
+    accelerate_config: Optional[str] = None        # trainer trl: launch each run with `accelerate launch` and this config
     engine: EngineConfig = field(default_factory=EngineConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     eval_prompts: int = 32                 # prompts written to prompts/{validation,test}.jsonl
     kl_sft_every: int = 1                  # the kl_sft metric (one π_sft log-prob pass) every N steps; 0: never
     seed: int = 0
@@ -153,8 +175,8 @@ class RLConfig:
 
 # Keys that do not change the weights a run produces (how it runs, not what it computes): a run
 # directory may be resumed with other values for them. Everything else must match to resume.
-RUNTIME_KEYS = ("threads", "device", "warp.parallel", "warp.state_every", "engine.max_model_len", "engine.kv_cache_gib",
-                "engine.gpu_memory_utilization")
+RUNTIME_KEYS = ("threads", "device", "warp.state_every", "engine.max_model_len", "engine.kv_cache_gib",
+                "engine.gpu_memory_utilization", "executor")
 
 
 def without_runtime_keys(config: dict) -> dict:

@@ -190,7 +190,7 @@ class VLLMEngine:
             raise EngineError(f"engine 'vllm' for {model_dir}: {reason}")
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(kv_cache_gib)))
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
         threads = torch.get_num_threads()
         # vLLM's CPU worker pins torch to 1 thread unless OMP_NUM_THREADS is set, and replaces
         # torch.set_num_threads by a no-op: keep the trainer's thread count and its setter working.

@@ -191,6 +191,13 @@ def load_classifier(spec: str, num_labels: int | None = None, id2label: dict | N
     return model, tok
 
 
+def resolve_device(device: str) -> torch.device:
+    """'auto' → cuda when available, else cpu; anything else as a torch device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
 def check_finite_weights(model, what: str) -> None:
     """ModelError naming the first floating tensor of `model` with a NaN/Inf value."""
     for name, t in model.state_dict().items():

@@ -210,6 +210,16 @@ def paired_accuracy_differences(warm_probs: torch.Tensor, ens_probs: torch.Tenso
 BUILTIN_RMS = {"tweets-minilm": RewardTrainConfig()}
 
 
+def check_reward_spec(spec: str) -> str:
+    """The spec, checked without training anything: a known `rm:<name>`, an existing directory
+    (returned absolute), 'vader' or a hub id. RewardError naming what is wrong."""
+    if spec.startswith("rm:"):
+        if spec[3:] not in BUILTIN_RMS:
+            raise RewardError(f"unknown reward model {spec!r} (builtin: {', '.join('rm:' + n for n in BUILTIN_RMS)})")
+        return spec
+    return resolve_reward_spec(spec)
+
+
 def resolve_reward_spec(spec: str, progress: bool = True) -> str:
     """A reward spec as written into the manifest: 'vader'; `rm:<name>` -> the cached reward-model
     directory (trained once with the builtin config, atomically); a local dir -> its absolute path;

@@ -19,12 +19,12 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from merge.errors import WarpError
-from merge.io import atomic_directory, atomic_write_json, atomic_write_text
+from merge.io import atomic_directory, atomic_write_json, read_jsonl, write_jsonl
 
 from .config import RLConfig
 from .contract import Task
 from .engine import get_engine, resolve_engine
-from .models import check_finite_weights, load_causal_lm, save_checkpoint
+from .models import check_finite_weights, load_causal_lm, resolve_device, save_checkpoint
 from .reinforce import make_optimizer, reinforce_step
 from .rewards import task_rewards
 
@@ -49,12 +49,6 @@ def batch_prompts(train: list[str], n: int, seed: int, iteration: int, run: int,
         perm = torch.randperm(len(train), generator=g).tolist()
         out += [train[i] for i in perm[offset:offset + n - len(out)]]
     return out
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -106,25 +100,6 @@ def load_state(path: Path, policy, anchor, optimizer, scheduler) -> int:
     return int(meta["step"])
 
 
-def read_jsonl(path: Path, torn_tail_ok: bool = False) -> list[dict]:
-    """The records of a JSON-lines file written by this package ([] when it does not exist yet).
-
-    `torn_tail_ok`: an append-only log (metrics.jsonl) may end in a partial line when its writer
-    was killed mid-write; that line is dropped (the step it belonged to is redone on resume)."""
-    if not path.exists():
-        return []
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    out = []
-    for i, line in enumerate(lines):
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            if torn_tail_ok and i == len(lines) - 1:
-                break
-            raise
-    return out
-
-
 # ---- one run ---------------------------------------------------------------------------------
 
 def run_checkpoints(cfg: RLConfig, iteration: int, run: int) -> list[dict]:
@@ -136,8 +111,8 @@ def run_checkpoints(cfg: RLConfig, iteration: int, run: int) -> list[dict]:
     return entries + [{"path": f"{base}/final", "iteration": iteration, "run": run, "role": "run", "step": T}]
 
 
-def train_run(cfg: RLConfig, run_dir: str | Path, iteration: int, run: int, init: str, train_prompts: list[str],
-              task: Task, device: str | None = None, stop_after: int | None = None,
+def train_run(cfg: RLConfig, run_dir: str | Path, iteration: int, run: int, init: str, task: Task,
+              device: str | None = None, stop_after: int | None = None,
               progress: bool = True, reward_fn: Callable | None = None) -> list[dict]:
     """θ_m ← θ_init; θ_ema ← θ_init; T REINFORCE steps (Algorithm 1's inner loop). Resumes from
     `state/` if present; returns the run's manifest entries.
@@ -151,6 +126,7 @@ def train_run(cfg: RLConfig, run_dir: str | Path, iteration: int, run: int, init
     from tqdm.auto import tqdm
 
     run_dir = Path(run_dir)
+    train_prompts = [r["prompt"] for r in read_jsonl(run_dir / "prompts" / "train.jsonl")]
     base = run_dir / run_path(iteration, run)
     final, state_dir, metrics_path = base / "final", base / "state", base / "metrics.jsonl"
     entries = run_checkpoints(cfg, iteration, run)
@@ -177,8 +153,7 @@ def train_run(cfg: RLConfig, run_dir: str | Path, iteration: int, run: int, init
     done = 0
     if state_dir.exists():
         done = load_state(state_dir, policy, anchor, optimizer, scheduler)
-        atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in read_jsonl(metrics_path, torn_tail_ok=True)
-                                                if m["step"] <= done))
+        write_jsonl(metrics_path, [m for m in read_jsonl(metrics_path, torn_tail_ok=True) if m["step"] <= done])
     elif metrics_path.exists():
         metrics_path.unlink()
     rewards = task_rewards(task.reward_model, task.control_reward, task.reward_with_prompt, base_dir=run_dir, device=dev)

@@ -1,28 +1,28 @@
-"""The run directory (the contract the harness reads): manifest.json, checkpoints, prompt files,
-metrics.jsonl. This module is the only writer of manifest.json.
+"""The run directory (the contract the harness reads): manifest.json (schema: rl.contract), the
+checkpoints (rl.store), prompt files, the reward model, metrics.jsonl. This module is the only
+writer of manifest.json; it neither trains (rl.run) nor schedules runs (rl.executor).
 
 A run directory belongs to one config: opening it with another is a RunDirError and nothing is
-written. Every file goes through merge.io's atomic writers.
+written; opening it checks its inputs and locks it, nothing more. Every file goes through
+merge.io's atomic writers.
 """
 from __future__ import annotations
 
-import gc
 import json
 import shutil
 from pathlib import Path
 
-import torch
 
-from merge.config import from_mapping, to_mapping
+from merge.config import to_mapping
 from merge.errors import WarpError
-from merge.io import LOCK_NAME, DirectoryLock, atomic_directory, atomic_write_text, sweep_stale
+from merge.io import LOCK_NAME, DirectoryLock, atomic_directory, read_jsonl, sweep_stale, write_jsonl
 
 from .config import RLConfig, without_runtime_keys
 from .contract import MANIFEST, Checkpoint, ContractError, Manifest, Task, parse_manifest
 from .data import load_splits, prompts as make_prompts
 from .models import check_model, load_causal_lm, save_checkpoint
-from .rm import resolve_reward_spec
-from .run import read_jsonl
+from .rm import check_reward_spec, resolve_reward_spec
+from .store import CheckpointStore
 
 
 class RunDirError(WarpError):
@@ -33,39 +33,12 @@ def _plain(obj):
     return json.loads(json.dumps(obj))
 
 
-def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """State dict of a checkpoint directory (tied weights appear under both names, as in the model)."""
-    model, _ = load_causal_lm(str(path))
-    return model.state_dict()
-
-
-def save_weights_like(template: str | Path, state_dict, out: str | Path) -> Path:
-    """Write `state_dict` as a checkpoint with the architecture and tokenizer of `template` (atomic)."""
-    model, tok = load_causal_lm(str(template))
-    model.load_state_dict(state_dict)
-    return save_checkpoint(model, tok, out, overwrite=True)
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
-
-
-def _run_worker(cfg_dict: dict, run_dir: str, iteration: int, run: int, init: str, train_prompts: list[str],
-                task: Task, device: str | None, progress: bool) -> list[dict]:
-    """Entry point of one run in its own process (spawned): rebuild the config and train."""
-    from .run import train_run
-
-    cfg = from_mapping(RLConfig, cfg_dict)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)   # a new process: set its thread count before any work
-    return train_run(cfg, run_dir, iteration, run, init, train_prompts, task, device=device, progress=progress)
-
-
 class RunDir:
     """An open run directory, held by this process (one writer per directory, `merge.io.DirectoryLock`)."""
 
     def __init__(self, path: Path, cfg: RLConfig, manifest: Manifest, lock: DirectoryLock, created: bool = False) -> None:
         self.path, self.cfg, self.manifest, self._lock = path, cfg, manifest, lock
+        self.store = CheckpointStore(path)
         self.created = created          # this invocation made the directory (nothing of value in it yet)
 
     # -- opening ------------------------------------------------------------------------------
@@ -111,7 +84,7 @@ class RunDir:
         check_model(cfg.policy)
         splits = load_splits(cfg.data)
         task = Task(prompts={"validation": "prompts/validation.jsonl", "test": "prompts/test.jsonl"},
-                    reward_model=resolve_reward_spec(cfg.reward_model), reward_with_prompt=cfg.reward_with_prompt,
+                    reward_model=check_reward_spec(cfg.reward_model), reward_with_prompt=cfg.reward_with_prompt,
                     control_reward=cfg.control_reward, generation=cfg.generation)
         path.mkdir(parents=True, exist_ok=True)
         lock = DirectoryLock(path, "warp run").acquire()
@@ -141,9 +114,9 @@ class RunDir:
 
     # -- preparing ----------------------------------------------------------------------------
     def prepare(self, progress: bool = True) -> None:
-        """sft checkpoint and prompt files (each skipped when already there)."""
+        """sft checkpoint, prompt files and the reward model (each skipped when already there)."""
         cfg = self.cfg
-        if not self.exists("sft"):
+        if not self.store.exists("sft"):
             model, tok = load_causal_lm(cfg.policy)
             save_checkpoint(model, tok, self.path / "sft", overwrite=True)
             del model
@@ -151,16 +124,18 @@ class RunDir:
         if not (pdir / "train.jsonl").exists():
             splits = getattr(self, "_splits", None) or load_splits(cfg.data)
             for name in ("validation", "test"):
-                _write_jsonl(pdir / f"{name}.jsonl", make_prompts(splits[name], cfg.data, cfg.eval_prompts))
-            _write_jsonl(pdir / "train.jsonl", make_prompts(splits["train"], cfg.data))
-        self.train_prompts = [r["prompt"] for r in read_jsonl(pdir / "train.jsonl")]
-        self._own_reward_model()
+                write_jsonl(pdir / f"{name}.jsonl", make_prompts(splits[name], cfg.data, cfg.eval_prompts))
+            write_jsonl(pdir / "train.jsonl", make_prompts(splits["train"], cfg.data))
+        self._own_reward_model(progress)
         self.add_checkpoint("sft", 0, "sft", step=0)
 
-    def _own_reward_model(self) -> None:
-        """Copy a local reward-model directory into RUN_DIR/reward_model (≈90 MB for MiniLM), so the
-        run directory is self-contained for the harness; the manifest then names it relatively."""
+    def _own_reward_model(self, progress: bool = True) -> None:
+        """Resolve the reward model (an `rm:<name>` spec is trained once into the cache here) and
+        copy a local directory into RUN_DIR/reward_model (≈90 MB for MiniLM), so the run directory
+        is self-contained for the harness; the manifest then names it relatively."""
         spec = self.manifest.task.reward_model
+        if spec.startswith("rm:"):
+            spec = resolve_reward_spec(spec, progress=progress)
         src = Path(spec)
         if src.is_absolute() and src.is_dir():
             dest = self.path / "reward_model"
@@ -170,56 +145,22 @@ class RunDir:
             self.manifest.task.reward_model = "reward_model"
             self._write_manifest()
 
-    # -- runs ---------------------------------------------------------------------------------
-    def train_runs(self, iteration: int, init: str, train_run, progress: bool = True, **kwargs) -> list[str]:
-        """The M independent runs of one iteration (seeds differ by run index), sequential or one
-        process per GPU; returns the paths of their final checkpoints."""
-        cfg, M = self.cfg, self.cfg.warp.runs
-        mode = cfg.warp.parallel
-        n_gpu = torch.cuda.device_count() if cfg.device in ("auto", "cuda") else 0
-        if mode == "auto":
-            mode = "processes" if n_gpu >= 2 and M >= 2 else "sequential"
-        if mode == "processes" and not kwargs:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
-
-            devices = [f"cuda:{(m - 1) % n_gpu}" if n_gpu else None for m in range(1, M + 1)]
-            with ProcessPoolExecutor(max_workers=min(M, max(n_gpu, 1) if n_gpu else M),
-                                     mp_context=mp.get_context("spawn")) as pool:
-                futures = [pool.submit(_run_worker, self.manifest.config, str(self.path), iteration, m, init,
-                                       self.train_prompts, self.manifest.task, devices[m - 1], progress)
-                           for m in range(1, M + 1)]
-                results = [f.result() for f in futures]
-        else:
-            results = []
-            for m in range(1, M + 1):
-                results.append(train_run(cfg, self.path, iteration, m, init, self.train_prompts, self.manifest.task,
-                                         progress=progress, **kwargs))
-                gc.collect()   # free run m's policy, anchor and optimizer before run m+1 loads its own
-                self._collect_metrics()
-        for entries in results:
-            for e in entries:
-                self.add_checkpoint(e["path"], e["iteration"], e["role"], run=e["run"], step=e["step"])
+    # -- runs and merges ----------------------------------------------------------------------
+    def add_run(self, entries: list[dict]) -> str:
+        """Record a finished run's checkpoints (and its metrics); returns its final checkpoint."""
+        for e in entries:
+            self.add_checkpoint(e["path"], e["iteration"], e["role"], run=e["run"], step=e["step"])
         self._collect_metrics()
-        return [entries[-1]["path"] for entries in results]
+        return entries[-1]["path"]
 
-    # -- merges -------------------------------------------------------------------------------
-    def weights(self, rel: str) -> dict[str, torch.Tensor]:
-        return load_weights(self.path / rel)
-
-    def merged(self, rel: str, iteration: int, role: str, like: str, compute) -> str:
-        """Checkpoint `rel` = compute() (a state dict), unless it already exists; architecture and
-        tokenizer from checkpoint `like`. The tensors are freed on return (2 GB for SmolLM2)."""
-        if not self.exists(rel):
-            save_weights_like(self.path / like, compute(), self.path / rel)
-            gc.collect()
-        self.add_checkpoint(rel, iteration, role)
-        return rel
+    def merge(self, method: str, out: str, iteration: int, init: str, models: list[str], **params) -> str:
+        """Checkpoint `out` = `method`(init, models) through the streamed merge (unless it exists),
+        recorded in the manifest with role `method` (slerp | liti)."""
+        self.store.merge(method, out, init, models, params)
+        self.add_checkpoint(out, iteration, method)
+        return out
 
     # -- manifest -----------------------------------------------------------------------------
-    def exists(self, rel: str) -> bool:
-        return (self.path / rel / "config.json").exists()
-
     def add_checkpoint(self, rel: str, iteration: int, role: str, run: int | None = None, step: int | None = None) -> None:
         if step is None:
             step = self.cfg.warp.steps   # slerp/liti: the run length T they merge (as the runs' finals)
@@ -235,7 +176,7 @@ class RunDir:
         for f in sorted(self.path.glob("iter*/run*/metrics.jsonl"),
                         key=lambda p: (int(p.parent.parent.name[4:]), int(p.parent.name[3:]))):
             rows += read_jsonl(f)
-        _write_jsonl(self.path / "metrics.jsonl", rows)
+        write_jsonl(self.path / "metrics.jsonl", rows)
 
     def finish(self) -> None:
         """All iterations done: metrics gathered, and the manifest marked complete for the harness."""

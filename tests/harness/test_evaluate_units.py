@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from harness.cache import HashIndex, ResultCache, cache_key, content_hash
-from harness.evaluate import Point, baseline_name, opponents, parse_etas
+from harness.evaluate import Point, baseline_name, parse_etas
+from harness.sxs import opponents
 from harness.manifest import HarnessError
 from tests.tiny import save, tiny_causal_lm
 

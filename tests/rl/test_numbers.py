@@ -13,7 +13,7 @@ import merge
 from rl.config import GenerationConfig, ReinforceConfig
 from rl.reinforce import NonFiniteError, make_optimizer, reinforce_step
 from rl.rewards import CallableReward, task_rewards
-from rl.rundir import load_weights
+from merge import load_state_dict as load_weights
 from rl.warp import warp
 from tests.harness.rundir import perturbed
 from tests.rl.conftest import config
@@ -177,9 +177,9 @@ def test_resume_refuses_only_for_keys_that_change_the_weights(tiny_rl_config, tm
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         warp(config(mapping), out, progress=False, stop_after=1)
-    other_runtime = tiny_rl_config(warp={"iterations": 1, "steps": 2, "save_every": 0, "state_every": 2,
-                                         "parallel": "sequential"}, threads=2, device="cpu")
-    warp(config(other_runtime), out, progress=False)    # threads, device, state_every, parallel: accepted
+    other_runtime = tiny_rl_config(warp={"iterations": 1, "steps": 2, "save_every": 0, "state_every": 2},
+                                   threads=2, device="cpu", executor={"num_cpus": 2, "max_retries": 1})
+    warp(config(other_runtime), out, progress=False)    # threads, device, state_every, executor: accepted
     whole = warp(config(mapping), tmp_path / "whole", progress=False)
     for rel in ("iter1/run1/final", "iter1/liti"):
         a, b = weights(whole / rel), weights(out / rel)
