@@ -45,7 +45,7 @@ DEFAULT_ETAS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 1.0)
 SCORE_METRIC = "score"
 # Part of every cached score's key. Bump SCORE_VERSION whenever the scoring math changes (harness/score.py,
 # the reward functions, the KL estimators), so no cached score computed the old way is reused.
-SCORE_VERSION = 3
+SCORE_VERSION = 4
 DTYPE = "float32"      # policies are loaded and scored in this dtype (rl.models.load_causal_lm's default)
 DEFAULT_BATCH = {"hf": 16, "vllm": 256}   # prompts per generate call when --batch-size is not given
 PARETO_LEVEL = 0.95    # the Pareto ✓ needs dominance beyond paired intervals at this level (z = Z95)

@@ -85,6 +85,7 @@ class HFEngine:
     """transformers `generate` on `model` (the engine IS the model: pushing that model is free)."""
 
     name = "hf"
+    exact_logprobs = True       # its log-probs are the scoring model's own (processed scores of generate)
 
     def __init__(self, model, tokenizer) -> None:
         self.model, self.tokenizer = model, tokenizer
@@ -213,6 +214,9 @@ class VLLMEngine:
             torch.set_num_threads = set_threads
             set_threads(threads)
         self.tokenizer, self.dtype, self.model_dir, self.max_model_len = tokenizer, dtype, str(model_dir), max_model_len
+        # float32 weights: the sampled tokens' log-probs equal a float32 transformers forward to ~1e-4
+        # (tests/rl/test_engine.py), so scoring may use them instead of its own policy pass
+        self.exact_logprobs = dtype == "float32"
         self.architecture = architecture_key(model_dir)
         try:
             gen_cfg = GenerationConfig.from_pretrained(model_dir)

@@ -119,8 +119,8 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     logits = logits[:, -(L - first + 1):-1].float()          # positions first−1 .. L−2 predict first .. L−1
     if temperature != 1.0:
         logits = logits / temperature
-    logp = torch.log_softmax(logits, dim=-1)
-    picked = logp.gather(-1, input_ids[:, first:].unsqueeze(-1)).squeeze(-1)
+    # log softmax at the sampled token only: z_y − logsumexp(z) (no [B, C, V] log-prob tensor)
+    picked = logits.gather(-1, input_ids[:, first:].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
     out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
     out[:, first:] = picked * completion_mask[:, first:].float()
     return out

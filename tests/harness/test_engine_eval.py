@@ -39,7 +39,7 @@ def test_eval_on_vllm_scores_every_point_with_its_own_weights(run128, tmp_path):
     h = run_eval(run128, tmp_path / "h", engine="hf", **ARGS)
     assert v["settings"]["engine"] == "vllm" and {p["engine"] for p in v["points"]} == {"vllm"}
     vm = {p["name"]: p["metrics"] for p in v["points"]}
-    assert vm["sft"]["kl"] == 0.0 and vm["iter1/eta=1"]["kl"] > 0.01
+    assert abs(vm["sft"]["kl"]) < 1e-3 and vm["iter1/eta=1"]["kl"] > 0.01   # engine log-probs: π_sft to ~1e-7
     # the η=1 point is the slerp checkpoint: scored in memory (LITI) and... its KL is its own, not sft's
     assert abs(vm["iter1/eta=1"]["kl"] - vm["iter1/eta=0.5"]["kl"]) > 1e-3
     # greedy lm-eval on both engines: the same tokens, so the same scores, point by point
