@@ -14,7 +14,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Sequence, TypeVar
 
 import yaml
 
@@ -157,7 +157,34 @@ def load_yaml(path: str | os.PathLike) -> Any:
         raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
 
 
-def load_config(cls: type[T], path: str | os.PathLike) -> T:
-    """YAML file -> validated dataclass `cls`. Schema errors read "FILE: key.path: what is wrong";
-    the dataclass's own validate() errors are raised as it words them."""
-    return from_mapping(cls, load_yaml(path), where=f"{path}: ")
+def apply_overrides(data: Any, overrides: Sequence[str]) -> dict:
+    """A copy of the mapping `data` with each `key.path=value` set (the value read as YAML: `0.5`,
+    `sft`, `null`, `[1, 2]`); missing mappings on the path are created. The result is validated
+    like the file by `from_mapping` (unknown keys, types, ranges)."""
+    import copy
+
+    out = copy.deepcopy(data) if isinstance(data, dict) else {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+            raise ConfigError(f"override {item!r}: expected key.path=value (e.g. reinforce.anchor=sft)")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: invalid YAML value ({str(e).splitlines()[0]})") from None
+        *parents, leaf = key.strip().split(".")
+        d = out
+        for p in parents:
+            if not isinstance(d.get(p, {}), dict):
+                raise ConfigError(f"override {item!r}: {p!r} is not a section")
+            d = d.setdefault(p, {})
+        d[leaf] = value
+    return out
+
+
+def load_config(cls: type[T], path: str | os.PathLike, overrides: Sequence[str] = ()) -> T:
+    """YAML file (plus `key.path=value` overrides) -> validated dataclass `cls`. Schema errors read
+    "FILE: key.path: what is wrong"; the dataclass's own validate() errors are raised as it words them."""
+    data = load_yaml(path)
+    where = f"{path}: " if not overrides else f"{path} with {' '.join(overrides)}: "
+    return from_mapping(cls, apply_overrides(data, overrides) if overrides else data, where=where)

@@ -7,6 +7,9 @@ import json
 def register(subparsers) -> None:
     p = subparsers.add_parser("run", help="run WARP (Algorithm 1) or a plain REINFORCE baseline; resumable")
     p.add_argument("config", help="RL config YAML (see configs/quick.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="config overrides, validated like the file and recorded in the manifest "
+                        "(e.g. reinforce.anchor=sft warp.runs=5)")
     p.add_argument("--out", required=True, help="run directory (re-run the same command to resume)")
     p.add_argument("--engine", default=None, choices=["auto", "vllm", "hf"],
                    help="sampling engine for the rollouts (overrides the config's engine.name)")
@@ -33,14 +36,14 @@ def _run(args) -> int:
     from .config import RLConfig
     from .warp import warp
 
-    cfg = load_config(RLConfig, args.config)
+    cfg = load_config(RLConfig, args.config, args.overrides)
     if args.engine is not None:
         cfg.engine.name = args.engine
     if args.executor is not None:
         cfg.executor.name = args.executor
     if args.ray_address is not None:
         cfg.executor.ray_address = args.ray_address
-    out = warp(cfg, args.out, progress=not args.no_progress)
+    out = warp(cfg, args.out, progress=not args.no_progress, overrides=args.overrides)
     print(f"run directory: {out}")
     return 0
 

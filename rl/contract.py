@@ -10,6 +10,7 @@ written down once. A manifest is
               "reward_model": REL | hub id | "vader", "reward_with_prompt": bool,
               "control_reward": "vader" | ..., "generation": GenerationConfig},
      "complete": bool,                       # false while the RL loop is running or after a kill
+     "overrides": ["key=value", ...],        # command-line overrides the config was built with (optional)
      "checkpoints": [{"path": REL, "iteration": int, "run": int | null,
                       "role": "sft" | "run" | "slerp" | "liti", "step": int}, ...]}
 
@@ -78,6 +79,7 @@ class Manifest:
     complete: bool = False
     run_dir: Optional[Path] = None             # set when read from (or written to) a directory
     format: int = FORMAT
+    overrides: list[str] = field(default_factory=list)
 
     # -- reading helpers ------------------------------------------------------------------------
     @property
@@ -119,8 +121,11 @@ class Manifest:
         return True
 
     def to_json(self) -> dict:
-        return {"format": self.format, "config": self.config, "task": self.task.to_json(),
-                "complete": self.complete, "checkpoints": [c.to_json() for c in self.checkpoints]}
+        out = {"format": self.format, "config": self.config, "task": self.task.to_json(),
+               "complete": self.complete, "checkpoints": [c.to_json() for c in self.checkpoints]}
+        if self.overrides:
+            out["overrides"] = list(self.overrides)
+        return out
 
     def write(self, run_dir: str | Path | None = None) -> Path:
         """Write RUN_DIR/manifest.json atomically."""
@@ -209,8 +214,11 @@ def parse_manifest(data: Any, source: str = MANIFEST, complete_sft: bool = True)
     n_sft = sum(c.role == "sft" for c in cps)
     if n_sft > 1 or (n_sft == 0 and complete_sft):
         raise ContractError(f"{where / 'checkpoints'}: expected exactly one role 'sft' checkpoint, found {n_sft}")
+    overrides = _get(data, "overrides", list, where, [])
+    if not all(isinstance(o, str) for o in overrides):
+        raise ContractError(f"{where / 'overrides'}: expected a list of 'key=value' strings")
     return Manifest(task=task, config=config, checkpoints=cps, complete=_get(data, "complete", bool, where, True),
-                    format=fmt)
+                    format=fmt, overrides=list(overrides))
 
 
 def read_manifest(run_dir: str | Path, check_files: bool = True) -> Manifest:

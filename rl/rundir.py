@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Sequence
 
 
 from merge.config import to_mapping
@@ -43,7 +44,7 @@ class RunDir:
 
     # -- opening ------------------------------------------------------------------------------
     @classmethod
-    def open(cls, out: str | Path, cfg: RLConfig) -> "RunDir":
+    def open(cls, out: str | Path, cfg: RLConfig, overrides: Sequence[str] = ()) -> "RunDir":
         """Open (resume) or create RUN_DIR for `cfg`; another config's run dir is refused untouched.
 
         Resuming is refused only when a key that changes the weights differs (`config.RUNTIME_KEYS`,
@@ -91,7 +92,8 @@ class RunDir:
         if mpath.exists():   # another process created it between our check and our lock
             lock.release()
             raise RunDirError(f"{path} was created by another warp run meanwhile; re-run to resume it")
-        rd = cls(path, cfg, Manifest(task=task, config=config, complete=False, run_dir=path), lock, created=True)
+        rd = cls(path, cfg, Manifest(task=task, config=config, complete=False, run_dir=path, overrides=list(overrides)),
+                 lock, created=True)
         rd._splits = splits
         rd._write_manifest()
         return rd

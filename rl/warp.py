@@ -11,6 +11,7 @@ Every step is skipped when its output already exists, so re-running the same com
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -25,16 +26,18 @@ from .run import train_run
 from .trl_backend import check_trl_config, train_run_trl
 
 
-def warp(cfg: RLConfig, out: str | Path, progress: bool = True, executor=None, **run_kwargs) -> Path:
+def warp(cfg: RLConfig, out: str | Path, progress: bool = True, executor=None, overrides: Sequence[str] = (),
+         **run_kwargs) -> Path:
     """Run Algorithm 1 into the run directory `out` (resuming what is there); returns its path.
-    `executor` (rl.executor) runs the M runs of an iteration; by default the config's."""
+    `executor` (rl.executor) runs the M runs of an iteration; by default the config's. `overrides`
+    (the `key=value` strings `cfg` was built with) are recorded in the manifest."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)   # once, before any work: a resumed process merges like the first
     if cfg.trainer == "trl":
         check_trl_config(cfg)
     # 'auto' becomes the engine that will sample, so the run directory records (and a resume checks) it
     cfg.engine.name = resolve_engine(cfg.engine.name, resolve_model(cfg.policy))
-    with RunDir.open(out, cfg) as rd:        # checks inputs; refuses another config's run dir; locks it
+    with RunDir.open(out, cfg, overrides) as rd:        # checks inputs; refuses another config's run dir; locks it
         try:
             rd.prepare(progress=progress)    # sft checkpoint, prompt files, reward model
         except WarpError:
