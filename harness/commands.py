@@ -64,6 +64,20 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_claims(args: argparse.Namespace) -> int:
+    from .claims import run_claims
+
+    rows = run_claims(args.config, args.out, args.results, stage=args.stage, progress=not args.no_progress,
+                      overwrite=args.overwrite)
+    if rows:
+        counts = {v: sum(r["verdict"] == v for r in rows) for v in ("supported", "contradicted", "inconclusive")}
+        print(f"{len(rows)} claim rows: {counts['supported']} supported, {counts['contradicted']} contradicted, "
+              f"{counts['inconclusive']} inconclusive" + (f" -> {args.results}/report.md" if args.results else ""))
+    else:
+        print(f"stage {args.stage} done -> {args.out}")
+    return 0
+
+
 def register(sub) -> None:
     p = sub.add_parser("eval", help="score a run's LITI fronts, RL checkpoints and baselines (KL, rewards, side-by-side, lm-eval)")
     p.add_argument("run_dir", help="run directory with manifest.json")
@@ -96,6 +110,17 @@ def register(sub) -> None:
     p.add_argument("--num-fewshot", type=int, default=None, help="lm-eval: override the tasks' few-shot count")
     p.add_argument("--max-gen-toks", type=int, default=None, help="lm-eval: override the tasks' generation length")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("claims", help="test the paper's claims: train the runs, score them on the same prompts, "
+                                      "paired differences with intervals and verdicts (resumable)")
+    p.add_argument("config", help="claims program YAML (configs/claims.yaml)")
+    p.add_argument("--out", required=True, help="work directory: run directories and the score cache (resumable)")
+    p.add_argument("--results", default=None, help="where claims.csv, report.md and the plots go (e.g. results/paper-claims)")
+    p.add_argument("--stage", default="all", choices=["runs", "scores", "claims", "all"],
+                   help="stop after this stage (each resumes what is done)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --results directory")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_claims)
 
     p = sub.add_parser("report", help="render EVAL_DIR into a report: report.md, tidy CSV, PNG plots")
     p.add_argument("eval_dir")

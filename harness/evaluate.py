@@ -61,9 +61,11 @@ class Point:
     step: int | None = None
     eta: float | None = None
     path: str | None = None       # on-disk checkpoint or hub id; None for in-memory LITI points
+    # in-memory weights built on demand (a merge of checkpoints): () -> state dict; `hash` names them
+    build: Callable[[], dict] | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def info(self) -> dict:
-        return dataclasses.asdict(self)
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "build"}
 
 
 def parse_etas(text: str | Sequence[float]) -> list[float]:
@@ -255,6 +257,13 @@ class Scorer:
         self._work.load_state_dict(weights)
         return self._work, self.tok
 
+    def weights_model(self, weights: dict):
+        """The reusable work model (π_sft's architecture) loaded with `weights`."""
+        if self._work is None:
+            self._work = copy.deepcopy(self.sft_model)
+        self._work.load_state_dict(weights)
+        return self._work, self.tok
+
     def point_model(self, point: Point):
         """(model, tokenizer, directory of its config) of a point: π_sft, the LITI work model loaded
         in memory, or a checkpoint / baseline loaded from its path."""
@@ -262,6 +271,8 @@ class Scorer:
             return self.sft_model, self.tok, self.m.sft.path
         if point.kind == "liti":
             return (*self.liti_model(point), self.m.sft.path)
+        if point.build is not None:
+            return (*self.weights_model(point.build()), self.m.sft.path)
         model, tok = load_policy(point.path, "baseline" if point.kind == "baseline" else "checkpoint")
         model.to(self.device)
         from rl.models import resolve_model
