@@ -232,8 +232,8 @@ def build_points(sc: ClaimScorer, cc: ClaimsConfig, dirs: dict[str, Path]) -> di
 
     pts["sft"] = sc.checkpoint("sft", sftd)
     steps = list(range(cc.save_every, T + 1, cc.save_every)) + ([T] if T % cc.save_every else [])
-    for r in range(1, cc.ema_runs + 1):
-        for t in steps:
+    for r in range(1, cc.ema_runs + 1):   # trajectories of the runs claim a compares; finals of all
+        for t in (steps if r <= cc.seeds else [T]):
             pts[f"ema/run{r}/step{t}"] = sc.checkpoint(f"ema/run{r}/step{t}", ckpt(ema, r, t, T))
     n_sft = cc.seeds if cc.seeds >= 2 else 1
     for r in range(1, n_sft + 1):
@@ -287,7 +287,10 @@ def build_points(sc: ClaimScorer, cc: ClaimsConfig, dirs: dict[str, Path]) -> di
             else:
                 rec, build = slerp_of(subset)
             for eta in cc.subset_etas:
-                pts[f"{tag}/eta={eta:g}"] = liti_of(f"{tag}/eta={eta:g}", rec, build, eta)
+                if M == 1 and eta == 1.0:   # the run's own final checkpoint
+                    pts[f"{tag}/eta=1"] = pts[f"ema/run{subset[0]}/step{T}"]
+                else:
+                    pts[f"{tag}/eta={eta:g}"] = liti_of(f"{tag}/eta={eta:g}", rec, build, eta)
     itd = dirs["iterations"]
     for i in range(1, cc.iterations + 1):
         sl = itd / f"iter{i}/slerp"
