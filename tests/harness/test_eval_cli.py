@@ -66,7 +66,9 @@ def test_eval_report_leaderboard_end_to_end(run_dir, tmp_path, capsys):
     m = point["iter1/eta=0.5"]["metrics"]
     assert m["reward"] == pytest.approx(sum(r["reward"] for r in recs) / len(recs))
     assert m["kl"] == pytest.approx(sum(r["kl_k1"] for r in recs) / len(recs))
-    assert point["sft"]["metrics"]["kl"] == 0.0 and point["iter1/eta=0"]["metrics"] == point["sft"]["metrics"]
+    # the policy side of the KL is the engine's own sampled-token log-prob (a cached decode), the sft side a full
+    # forward pass: for the sft against itself they agree to float32 rounding, not bitwise
+    assert abs(point["sft"]["metrics"]["kl"]) < 1e-6 and point["iter1/eta=0"]["metrics"] == point["sft"]["metrics"]
     assert m["kl_k3"] > 0
 
     # side-by-side: a point is never compared with itself; the sft point against the η=1 points exists
