@@ -14,11 +14,14 @@ input, no full-size float32 temporaries, which keeps the streamed merge near the
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import torch
 
+from ..checks import check_unit_interval
 from ..errors import MergeError
+from .base import Method
 
 # Below NORM_EPS a task vector has no direction. Above COS_MAX (|cos Ω|, i.e. sinΩ < 0.032) the
 # angle is too close to 0 or π: near 0 SLERP equals LERP to within 1e-4 anyway, and near π the
@@ -153,14 +156,6 @@ def slerp_tensor(init: torch.Tensor, models: Sequence[torch.Tensor], lam: float 
     return combine_task_vectors(init, models, coef), degenerate
 
 
-# --- registration -------------------------------------------------------------------------------
-from dataclasses import dataclass  # noqa: E402
-from typing import Optional  # noqa: E402
-
-from ..checks import check_unit_interval  # noqa: E402
-from ..registry import Method, register  # noqa: E402
-
-
 @dataclass
 class SlerpParams:
     lam: Optional[float] = None   # λ for M = 2 (default 0.5); must be None for M > 2 (recursion, λ = 1/m)
@@ -172,6 +167,6 @@ class SlerpParams:
         return SlerpParams(None if self.lam is None else check_unit_interval("lam", self.lam))
 
 
-register(Method("slerp", SlerpParams, uses_init=True, min_models=2, max_models=None,
-                apply=lambda key, init, models, p: slerp_tensor(init, models, p.lam, key),
-                summary="task-vector SLERP, one angle per tensor (paper Eq. 4), M > 2 by recursion"))
+SLERP = Method("slerp", SlerpParams, uses_init=True, min_models=2, max_models=None,
+               apply=lambda key, init, models, p: slerp_tensor(init, models, p.lam, key),
+               summary="task-vector SLERP, one angle per tensor (paper Eq. 4), M > 2 by recursion")
