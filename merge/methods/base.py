@@ -27,6 +27,10 @@ class Method:
     max_models: Optional[int]
     apply: ApplyFn
     summary: str
+    # apply itself raises MergeError whenever an input holds a NaN/Inf (slerp: its Gram matrix is then
+    # non-finite), so the streamed merge skips its own NaN/Inf pass over the inputs and runs it only
+    # after such an error, to name the input
+    checks_finite: bool = False
 
     def check_count(self, n_models: int) -> None:
         if n_models < self.min_models or (self.max_models is not None and n_models > self.max_models):

@@ -169,4 +169,5 @@ class SlerpParams:
 
 SLERP = Method("slerp", SlerpParams, uses_init=True, min_models=2, max_models=None,
                apply=lambda key, init, models, p: slerp_tensor(init, models, p.lam, key),
-               summary="task-vector SLERP, one angle per tensor (paper Eq. 4), M > 2 by recursion")
+               summary="task-vector SLERP, one angle per tensor (paper Eq. 4), M > 2 by recursion",
+               checks_finite=True)
