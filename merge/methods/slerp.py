@@ -9,7 +9,9 @@ Every step of the recursion is a linear combination of the δ_m, so the whole me
 θ_init + Σ_m c_m·δ_m with coefficients c that depend only on the Gram matrix G_ij = <δ_i, δ_j>.
 We compute G in one chunked pass over the inputs, the coefficients in float64 scalars, and the
 output in a second chunked pass ((1 − Σc)·θ_init + Σ c_m·θ_m per chunk): two reads of each
-input, no full-size float32 temporaries, which keeps the streamed merge near the I/O floor.
+input, no full-size float32 temporaries, which keeps the streamed merge near the I/O floor. A NaN
+or Inf anywhere in the inputs makes G non-finite, so the Gram pass doubles as the NaN/Inf check
+(`Method.checks_finite`): the streamed merge needs no third pass over the inputs.
 """
 from __future__ import annotations
 
@@ -142,9 +144,10 @@ def slerp_tensor(init: torch.Tensor, models: Sequence[torch.Tensor], lam: float 
                  key: str = "") -> tuple[torch.Tensor, bool]:
     """θ_init + SLERP of the task vectors (θ_m − θ_init) of one tensor; init's dtype, plus the fallback flag.
 
-    Shapes: init and every model [*S] → [*S]. M = len(models) ≥ 2; lam only for M = 2. `key` names
-    the tensor in the MergeError raised when finite inputs give a non-finite Gram matrix or
-    coefficients (task vectors so large that their dot products overflow).
+    Shapes: init and every model [*S] → [*S]. M = len(models) ≥ 2; lam only for M = 2. Raises
+    MergeError (naming the tensor `key`) whenever the Gram matrix or the coefficients are not finite:
+    always when an input holds a NaN/Inf (the callers then name that input), and when finite task
+    vectors are so large that their dot products overflow.
     """
     if init.numel() == 0:
         return init.clone(), False
