@@ -4,7 +4,8 @@ Builds an init and two fine-tuned-like checkpoints (init + small noise) with Lla
 shapes, sharded like real checkpoints, then runs each phase in its own process (so peak RSS is
 per phase):
   (a) floor: read every input tensor (init and both models; each copied into process memory) and
-      write the output shards, no arithmetic (the same reader/writer pipeline, identity merge);
+      write the output shards, no arithmetic (the same reader/writer pipeline, identity merge; it
+      keeps the pipeline's NaN/Inf screen of every input, which slerp folds into its Gram pass);
   (b) ours:  `warp merge slerp --init --models m1 m2 --out` (harness.cli.main);
   (c) mergekit `nuslerp` with base_model, when mergekit is importable by --mergekit-python;
   (d) in memory: `merge.slerp` on the three state dicts already loaded (the RL loop's path), timed

@@ -319,8 +319,15 @@ def _stream(m, p, ref: Checkpoint, ck_init: Optional[Checkpoint], ck_models: lis
         x_ref = x_init if x_init is not None else xs[0]
         if not x_ref.is_floating_point():
             return x_ref, False
-        check_finite([(ck.name, {key: x}) for ck, x in zip(inputs, ([x_init] if x_init is not None else []) + xs)])
-        y, deg = m.apply(key, x_init, xs, p)
+        named = [(ck.name, {key: x}) for ck, x in zip(inputs, ([x_init] if x_init is not None else []) + xs)]
+        if not m.checks_finite:
+            check_finite(named)
+        try:
+            y, deg = m.apply(key, x_init, xs, p)
+        except MergeError:
+            if m.checks_finite:
+                check_finite(named)   # a NaN/Inf input made apply fail: name it
+            raise
         return y.to(x_ref.dtype), deg
 
     degenerate: list[str] = []

@@ -64,8 +64,8 @@ def check_shapes(reference: Mapping[str, tuple], others: Sequence[Mapping[str, t
 def first_nonfinite(tensors: Sequence[torch.Tensor]) -> Optional[int]:
     """Index of the first floating-point tensor holding a NaN or ±Inf, or None.
 
-    Cheap enough for every RL step: one sum per tensor (NaN and ±Inf propagate through it; half
-    types summed in float32) and one isfinite over the stacked sums, so one host sync. A sum is
+    Cheap enough for every RL step: one sum per tensor (NaN and ±Inf propagate through it; fp16
+    and float8 summed in float32) and one isfinite over the stacked sums, so one host sync. A sum is
     about twice as fast as `torch._foreach_norm` here (measured: 20 vs 40 ms for 269M floats on 2
     threads). A sum that overflows on finite values is confirmed element-wise before it counts.
     """
@@ -87,7 +87,11 @@ def _summable(t: torch.Tensor) -> torch.Tensor:
 
 
 def _sum(t: torch.Tensor) -> torch.Tensor:
-    return _summable(t).sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32)
+    if t.dtype in (torch.bfloat16, torch.float64):
+        # bf16 has float32's range (its sum accumulates in float32 and overflows no sooner), and
+        # sum(dtype=float32) would first make a float32 copy of it on CPU: 6× slower, measured
+        return t.sum()
+    return _summable(t).sum(dtype=torch.float32)
 
 
 def check_finite(inputs: Sequence[tuple[str, Mapping[str, torch.Tensor]]]) -> None:

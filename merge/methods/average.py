@@ -2,9 +2,13 @@
 (Ramé et al. 2024): θ = Σ_m w_m·θ_m / Σ_m w_m. No init needed."""
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
 
 import torch
+
+from ..checks import check_weights
+from .base import Method
 
 
 def average_tensor(models: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
@@ -17,14 +21,6 @@ def average_tensor(models: Sequence[torch.Tensor], weights: Sequence[float]) -> 
     return out.to(models[0].dtype)
 
 
-# --- registration -------------------------------------------------------------------------------
-from dataclasses import dataclass  # noqa: E402
-from typing import List, Optional  # noqa: E402
-
-from ..checks import check_weights  # noqa: E402
-from ..registry import Method, register  # noqa: E402
-
-
 @dataclass
 class AverageParams:
     weights: Optional[List[float]] = None   # default: uniform (model soup / WARM)
@@ -33,6 +29,6 @@ class AverageParams:
         return AverageParams(check_weights(self.weights, n_models))
 
 
-register(Method("average", AverageParams, uses_init=False, min_models=2, max_models=None,
-                apply=lambda key, init, models, p: (average_tensor(models, p.weights), False),
-                summary="uniform / weighted average of weights (model soups, WARM)"))
+AVERAGE = Method("average", AverageParams, uses_init=False, min_models=2, max_models=None,
+                 apply=lambda key, init, models, p: (average_tensor(models, p.weights), False),
+                 summary="uniform / weighted average of weights (model soups, WARM)")

@@ -8,9 +8,13 @@ Seeded and order-independent: the mask of (tensor key, model m) comes from a gen
 from __future__ import annotations
 
 import zlib
-from typing import Sequence
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
 
 import torch
+
+from ..checks import check_density, check_weights
+from .base import Method
 
 
 def dare_generator(seed: int, key: str, index: int) -> torch.Generator:
@@ -39,14 +43,6 @@ def dare_tensor(init: torch.Tensor, models: Sequence[torch.Tensor], density: flo
     return out.to(init.dtype)
 
 
-# --- registration -------------------------------------------------------------------------------
-from dataclasses import dataclass  # noqa: E402
-from typing import List, Optional  # noqa: E402
-
-from ..checks import check_density, check_weights  # noqa: E402
-from ..registry import Method, register  # noqa: E402
-
-
 @dataclass
 class DareParams:
     density: float = 0.5
@@ -59,6 +55,6 @@ class DareParams:
                           check_weights(self.weights, n_models, allow_negative=True))
 
 
-register(Method("dare", DareParams, uses_init=True, min_models=1, max_models=None,
-                apply=lambda key, init, models, p: (dare_tensor(init, models, p.density, p.seed, key, p.weights, p.scale), False),
-                summary="DARE: seeded drop-and-rescale of task vectors, then task arithmetic"))
+DARE = Method("dare", DareParams, uses_init=True, min_models=1, max_models=None,
+              apply=lambda key, init, models, p: (dare_tensor(init, models, p.density, p.seed, key, p.weights, p.scale), False),
+              summary="DARE: seeded drop-and-rescale of task vectors, then task arithmetic")

@@ -1,7 +1,12 @@
 """Linear interpolation of weights: LERP, and LITI (paper Sec. 3.3, Eq. 5: (1−η)·θ_init + η·θ_slerp)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+from ..checks import check_unit_interval
+from .base import Method
 
 
 def lerp_tensor(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
@@ -13,13 +18,6 @@ def lerp_tensor(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
 def liti_tensor(init: torch.Tensor, merged: torch.Tensor, eta: float) -> torch.Tensor:
     """LITI (Eq. 5) of one tensor: (1−η)·θ_init + η·θ_merged; η=0 gives init, η=1 gives merged."""
     return lerp_tensor(init, merged, eta)
-
-
-# --- registration -------------------------------------------------------------------------------
-from dataclasses import dataclass  # noqa: E402
-
-from ..checks import check_unit_interval  # noqa: E402
-from ..registry import Method, register  # noqa: E402
 
 
 @dataclass
@@ -38,9 +36,9 @@ class LerpParams:
         return LerpParams(check_unit_interval("t", self.t))
 
 
-register(Method("liti", LitiParams, uses_init=True, min_models=1, max_models=1,
-                apply=lambda key, init, models, p: (liti_tensor(init, models[0], p.eta), False),
-                summary="LITI (paper Eq. 5): (1−η)·θ_init + η·θ_merged"))
-register(Method("lerp", LerpParams, uses_init=False, min_models=2, max_models=2,
-                apply=lambda key, init, models, p: (lerp_tensor(models[0], models[1], p.t), False),
-                summary="LERP of two models: (1−t)·θ_a + t·θ_b"))
+LITI = Method("liti", LitiParams, uses_init=True, min_models=1, max_models=1,
+              apply=lambda key, init, models, p: (liti_tensor(init, models[0], p.eta), False),
+              summary="LITI (paper Eq. 5): (1−η)·θ_init + η·θ_merged")
+LERP = Method("lerp", LerpParams, uses_init=False, min_models=2, max_models=2,
+              apply=lambda key, init, models, p: (lerp_tensor(models[0], models[1], p.t), False),
+              summary="LERP of two models: (1−t)·θ_a + t·θ_b")

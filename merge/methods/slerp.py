@@ -9,16 +9,21 @@ Every step of the recursion is a linear combination of the δ_m, so the whole me
 θ_init + Σ_m c_m·δ_m with coefficients c that depend only on the Gram matrix G_ij = <δ_i, δ_j>.
 We compute G in one chunked pass over the inputs, the coefficients in float64 scalars, and the
 output in a second chunked pass ((1 − Σc)·θ_init + Σ c_m·θ_m per chunk): two reads of each
-input, no full-size float32 temporaries, which keeps the streamed merge near the I/O floor.
+input, no full-size float32 temporaries, which keeps the streamed merge near the I/O floor. A NaN
+or Inf anywhere in the inputs makes G non-finite, so the Gram pass doubles as the NaN/Inf check
+(`Method.checks_finite`): the streamed merge needs no third pass over the inputs.
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import torch
 
+from ..checks import check_unit_interval
 from ..errors import MergeError
+from .base import Method
 
 # Below NORM_EPS a task vector has no direction. Above COS_MAX (|cos Ω|, i.e. sinΩ < 0.032) the
 # angle is too close to 0 or π: near 0 SLERP equals LERP to within 1e-4 anyway, and near π the
@@ -139,9 +144,10 @@ def slerp_tensor(init: torch.Tensor, models: Sequence[torch.Tensor], lam: float 
                  key: str = "") -> tuple[torch.Tensor, bool]:
     """θ_init + SLERP of the task vectors (θ_m − θ_init) of one tensor; init's dtype, plus the fallback flag.
 
-    Shapes: init and every model [*S] → [*S]. M = len(models) ≥ 2; lam only for M = 2. `key` names
-    the tensor in the MergeError raised when finite inputs give a non-finite Gram matrix or
-    coefficients (task vectors so large that their dot products overflow).
+    Shapes: init and every model [*S] → [*S]. M = len(models) ≥ 2; lam only for M = 2. Raises
+    MergeError (naming the tensor `key`) whenever the Gram matrix or the coefficients are not finite:
+    always when an input holds a NaN/Inf (the callers then name that input), and when finite task
+    vectors are so large that their dot products overflow.
     """
     if init.numel() == 0:
         return init.clone(), False
@@ -151,14 +157,6 @@ def slerp_tensor(init: torch.Tensor, models: Sequence[torch.Tensor], lam: float 
         raise MergeError(f"slerp of tensor {key!r}: task vectors too large (their dot products overflow "
                          f"{_wide(init.dtype)}); non-finite SLERP coefficients")
     return combine_task_vectors(init, models, coef), degenerate
-
-
-# --- registration -------------------------------------------------------------------------------
-from dataclasses import dataclass  # noqa: E402
-from typing import Optional  # noqa: E402
-
-from ..checks import check_unit_interval  # noqa: E402
-from ..registry import Method, register  # noqa: E402
 
 
 @dataclass
@@ -172,6 +170,7 @@ class SlerpParams:
         return SlerpParams(None if self.lam is None else check_unit_interval("lam", self.lam))
 
 
-register(Method("slerp", SlerpParams, uses_init=True, min_models=2, max_models=None,
-                apply=lambda key, init, models, p: slerp_tensor(init, models, p.lam, key),
-                summary="task-vector SLERP, one angle per tensor (paper Eq. 4), M > 2 by recursion"))
+SLERP = Method("slerp", SlerpParams, uses_init=True, min_models=2, max_models=None,
+               apply=lambda key, init, models, p: slerp_tensor(init, models, p.lam, key),
+               summary="task-vector SLERP, one angle per tensor (paper Eq. 4), M > 2 by recursion",
+               checks_finite=True)

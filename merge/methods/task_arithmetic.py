@@ -1,9 +1,13 @@
 """Task arithmetic (Ilharco et al. 2023): θ = θ_init + scale · Σ_m w_m·(θ_m − θ_init)."""
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
 
 import torch
+
+from ..checks import check_weights
+from .base import Method
 
 
 def task_arithmetic_tensor(init: torch.Tensor, models: Sequence[torch.Tensor], weights: Sequence[float],
@@ -17,14 +21,6 @@ def task_arithmetic_tensor(init: torch.Tensor, models: Sequence[torch.Tensor], w
     return out.to(init.dtype)
 
 
-# --- registration -------------------------------------------------------------------------------
-from dataclasses import dataclass  # noqa: E402
-from typing import List, Optional  # noqa: E402
-
-from ..checks import check_weights  # noqa: E402
-from ..registry import Method, register  # noqa: E402
-
-
 @dataclass
 class TaskArithmeticParams:
     scale: float = 1.0                      # λ of task arithmetic (any real number)
@@ -34,6 +30,6 @@ class TaskArithmeticParams:
         return TaskArithmeticParams(float(self.scale), check_weights(self.weights, n_models, allow_negative=True))
 
 
-register(Method("task_arithmetic", TaskArithmeticParams, uses_init=True, min_models=1, max_models=None,
-                apply=lambda key, init, models, p: (task_arithmetic_tensor(init, models, p.weights, p.scale), False),
-                summary="task arithmetic: θ_init + scale·Σ w_m δ_m"))
+TASK_ARITHMETIC = Method("task_arithmetic", TaskArithmeticParams, uses_init=True, min_models=1, max_models=None,
+                         apply=lambda key, init, models, p: (task_arithmetic_tensor(init, models, p.weights, p.scale), False),
+                         summary="task arithmetic: θ_init + scale·Σ w_m δ_m")

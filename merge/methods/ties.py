@@ -8,9 +8,13 @@ Result: θ_init + scale · merged δ.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+
+from ..checks import check_density
+from .base import Method
 
 
 def trim(delta: torch.Tensor, density: float) -> torch.Tensor:
@@ -39,13 +43,6 @@ def ties_tensor(init: torch.Tensor, models: Sequence[torch.Tensor], density: flo
     return (base + scale * total / count).to(init.dtype)
 
 
-# --- registration -------------------------------------------------------------------------------
-from dataclasses import dataclass  # noqa: E402
-
-from ..checks import check_density  # noqa: E402
-from ..registry import Method, register  # noqa: E402
-
-
 @dataclass
 class TiesParams:
     density: float = 0.2   # fraction of entries kept per task vector (the TIES paper's k = 20%)
@@ -55,6 +52,6 @@ class TiesParams:
         return TiesParams(check_density(self.density), float(self.scale))
 
 
-register(Method("ties", TiesParams, uses_init=True, min_models=2, max_models=None,
-                apply=lambda key, init, models, p: (ties_tensor(init, models, p.density, p.scale), False),
-                summary="TIES: trim to top-density magnitudes, elect sign, disjoint mean"))
+TIES = Method("ties", TiesParams, uses_init=True, min_models=2, max_models=None,
+              apply=lambda key, init, models, p: (ties_tensor(init, models, p.density, p.scale), False),
+              summary="TIES: trim to top-density magnitudes, elect sign, disjoint mean")

@@ -147,3 +147,39 @@ def test_slerp_gram_overflow_refused_not_silently_lerped():
     models = [{KEY: torch.full((8, 8), 1e20)}, {KEY: torch.full((8, 8), -1e20).tril()}]
     with pytest.raises(MergeError, match=rf"slerp of tensor '{KEY}': task vectors too large"):
         merge.slerp(init, models)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("where", ["init", "models[0]", "models[1]"])
+def test_streamed_slerp_names_the_nonfinite_input(tmp_path, where, dtype, value):
+    """Streamed slerp has no separate NaN/Inf pass (its Gram pass finds them); the error is the same one line."""
+    init, models = sds(dtype)
+    if where == "init":
+        init = poison(init, value)
+    else:
+        i = int(where[-2])
+        models[i] = poison(models[i], value)
+    dirs = {"init": init, "a": models[0], "b": models[1]}
+    for name, sd in dirs.items():
+        (tmp_path / name).mkdir()
+        save_file(sd, str(tmp_path / name / "model.safetensors"))
+    with pytest.raises(MergeError) as e:
+        merge_checkpoints("slerp", [tmp_path / "a", tmp_path / "b"], tmp_path / "out", init=tmp_path / "init",
+                          progress=False)
+    path = tmp_path / {"init": "init", "models[0]": "a", "models[1]": "b"}[where]
+    assert str(e.value) == f"{where} {path} tensor {KEY!r} has NaN/Inf values"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "init"]
+
+
+def test_streamed_slerp_gram_overflow_refused(tmp_path):
+    """Finite inputs whose dot products overflow: the streamed merge says so too (no NaN/Inf input to name)."""
+    dirs = {"init": {KEY: torch.zeros(8, 8)}, "a": {KEY: torch.full((8, 8), 1e20)},
+            "b": {KEY: torch.full((8, 8), -1e20).tril()}}
+    for name, sd in dirs.items():
+        (tmp_path / name).mkdir()
+        save_file(sd, str(tmp_path / name / "model.safetensors"))
+    with pytest.raises(MergeError, match=rf"slerp of tensor '{KEY}': task vectors too large"):
+        merge_checkpoints("slerp", [tmp_path / "a", tmp_path / "b"], tmp_path / "out", init=tmp_path / "init",
+                          progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "init"]
