@@ -36,7 +36,9 @@ def main() -> None:
 
     import merge
 
-    torch.set_num_threads(args.threads)
+    from merge.threads import set_threads
+
+    set_threads(args.threads)
     cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                       num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True)   # SmolLM2-135M
     torch.manual_seed(0)

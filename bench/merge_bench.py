@@ -173,8 +173,9 @@ def main() -> None:
     ap.add_argument("--_work", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._phase:
-        import torch
-        torch.set_num_threads(args.threads)
+        from merge.threads import set_threads
+
+        set_threads(args.threads)
         return phase(args._phase, Path(args._work))
 
     work = Path(tempfile.mkdtemp(prefix="merge-bench-", dir=args.workdir))

@@ -133,7 +133,9 @@ def trl(cfg: RLConfig, steps: int) -> dict:
 
 def _child(kind: str, cfg: dict, steps: int, hold: int) -> None:
     c = from_mapping(RLConfig, cfg)
-    torch.set_num_threads(c.threads or torch.get_num_threads())
+    from merge.threads import set_threads
+
+    set_threads(c.threads)
     res = ours(c, steps, hold) if kind == "ours" else trl(c, steps)
     print(json.dumps(res))
 

@@ -35,7 +35,9 @@ def measure(kind: str, dtype: str, batch: int, model: str, n: int, new_tokens: i
     """One variant, in this process: tokens/s of engine.generate over all prompts in batches."""
     import torch
 
-    torch.set_num_threads(threads)
+    from merge.threads import set_threads
+
+    set_threads(threads)
     from rl.engine import Settings, get_engine
     from rl.models import load_causal_lm, resolve_model
     from rl.sampling import encode_prompts

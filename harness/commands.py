@@ -26,9 +26,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.threads is not None:
         if args.threads < 1:
             raise HarnessError(f"--threads must be an integer ≥ 1, got {args.threads}")
-        import torch
+        from merge.threads import set_threads
 
-        torch.set_num_threads(args.threads)
+        set_threads(args.threads)
 
     tasks = [t for item in (args.tasks or []) for t in item.split(",") if t]
     summary = run_eval(args.run_dir, args.out, etas=args.etas, n_prompts=args.prompts, baselines=args.baseline or [],

@@ -1,4 +1,4 @@
-"""Merge arithmetic runs on one intra-op thread.
+"""Torch's intra-op thread count: set once per process (`set_threads`), and one thread for merges.
 
 Why: torch splits a reduction (the `torch.dot` of SLERP's Gram matrix) across its intra-op threads,
 and the order of the partial sums, hence the last bits, depends on `torch.get_num_threads()`; a
@@ -13,6 +13,17 @@ import contextlib
 from typing import Iterator
 
 import torch
+
+
+def set_threads(n: int | None) -> None:
+    """Set the process's intra-op thread count (None or 0: keep torch's default). The one place it is
+    set: every entry point (the `warp` commands, `rl.warp.warp`, reward-model training, the body of a
+    Ray task, the benches) calls it once, before any work."""
+    if n is None or n == 0:
+        return
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise ValueError(f"threads must be an integer ≥ 1, got {n!r}")
+    torch.set_num_threads(n)
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ import os
 from typing import Any, Callable
 
 from merge.errors import WarpError
+from merge.threads import set_threads
 
 from .config import ExecutorConfig
 
@@ -67,10 +68,7 @@ class RayFuture:
 
 def _call(fn: Callable, threads: int | None, args: tuple, kwargs: dict) -> Any:
     """Body of every Ray task: the task's thread count first (its CPU request), then `fn`."""
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    set_threads(threads)
     return fn(*args, **kwargs)
 
 

@@ -21,6 +21,7 @@ import torch
 import merge
 from merge.config import ConfigError, from_mapping, to_mapping
 from merge.io import atomic_directory, atomic_write_json
+from merge.threads import set_threads
 
 from .data import DataConfig, Example, labelled, load_splits
 from .models import cache_root, load_classifier, write_checkpoint
@@ -129,8 +130,7 @@ def _score(model, tok, held: Sequence[Example], cfg: RewardTrainConfig) -> torch
 
 def _prepare(cfg: RewardTrainConfig, out: str | Path, overwrite: bool) -> tuple[Path, list, list]:
     """Threads, the refusal of an existing `out`, and the train / held-out examples."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads)
     out = Path(out)
     if out.exists() and not overwrite:
         raise RewardError(f"{out} already exists (pass --overwrite to replace it)")

@@ -13,9 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
 from merge.errors import WarpError
+from merge.threads import set_threads
 
 from .config import RLConfig
 from .engine import resolve_engine
@@ -31,8 +30,7 @@ def warp(cfg: RLConfig, out: str | Path, progress: bool = True, executor=None, o
     """Run Algorithm 1 into the run directory `out` (resuming what is there); returns its path.
     `executor` (rl.executor) runs the M runs of an iteration; by default the config's. `overrides`
     (the `key=value` strings `cfg` was built with) are recorded in the manifest."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)   # once, before any work: a resumed process merges like the first
+    set_threads(cfg.threads)   # once, before any work: a resumed process merges like the first
     if cfg.trainer == "trl":
         check_trl_config(cfg)
     # 'auto' becomes the engine that will sample, so the run directory records (and a resume checks) it

@@ -106,3 +106,23 @@ def test_streamed_equals_in_memory_on_any_thread_count(sds, tmp_path, method, n,
                                                       params=params, progress=False))
     assert_same_bits(streamed, ref)
     assert_same_bits(streamed1, ref)
+
+
+def test_set_threads_sets_the_count_and_none_or_zero_keep_it():
+    from merge.threads import set_threads
+
+    before = torch.get_num_threads()
+    try:
+        set_threads(1)
+        assert torch.get_num_threads() == 1
+        set_threads(None)
+        set_threads(0)
+        assert torch.get_num_threads() == 1
+        set_threads(2)
+        assert torch.get_num_threads() == 2
+        for bad in (-1, 1.5, True, "2"):
+            with pytest.raises(ValueError, match="threads must be an integer"):
+                set_threads(bad)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
