@@ -688,7 +688,7 @@ def plot_all(P: Paired, cc: ClaimsConfig, out: Path, steps: list[int], rsteps: l
     ax.errorbar(Ms, means, yerr=[np.subtract(means, lo), np.subtract(hi, means)], color="black", marker="s", capsize=3,
                 label="mean over subsets, 95% CI")
     ax.set(xlabel="M (policies merged by SLERP)", ylabel=f"reward at KL = {d_info['k']:.3g}",
-           title="reward at fixed KL vs M (dots: subsets)")
+           title="reward at fixed KL vs M (dots: subsets)", xticks=Ms)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "d_reward_vs_M.png", dpi=110)
@@ -733,6 +733,18 @@ def plot_all(P: Paired, cc: ClaimsConfig, out: Path, steps: list[int], rsteps: l
     return figs
 
 
+def training_minutes(run_dirs) -> float:
+    """Minutes of REINFORCE steps recorded in the run directories' metrics.jsonl (the `time_*` phases)."""
+    total = 0.0
+    for d in run_dirs:
+        path = Path(d) / "metrics.jsonl"
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    total += sum(v for k, v in json.loads(line).items() if k.startswith("time_") and isinstance(v, (int, float)))
+    return total / 60
+
+
 def run_claims(config: str | Path, out: str | Path, results: str | Path | None, stage: str = "all",
                progress: bool = True, overwrite: bool = False) -> list[dict]:
     """The whole program (or one stage): runs, scores, claims → RESULTS/{claims.csv, report.md, *.png}."""
@@ -774,8 +786,9 @@ def run_claims(config: str | Path, out: str | Path, results: str | Path | None, 
         if results is not None:
             meta = {"command": f"warp claims {config} --out {out}", "base": cc.base, "policy": base_cfg.policy,
                     "n_prompts": P.n, "engine": sc.engine,
-                    "wall": f"{(time.perf_counter() - t0) / 60:.1f} min for this invocation (runs and scores resumed "
-                            "from the cache are not re-timed)"}
+                    "wall": f"{(time.perf_counter() - t0) / 60:.1f} min for this invocation; the training steps "
+                            f"recorded in the runs' metrics took {training_minutes(dirs.values()):.0f} min (runs and "
+                            "scores computed by earlier invocations are reused, not re-timed)"}
             with atomic_directory(results, overwrite=overwrite) as tmp:
                 pd.DataFrame(rows, columns=COLUMNS).to_csv(tmp / "claims.csv", index=False)
                 figs = plot_all(P, cc, tmp, steps, rsteps, fronts_c, trajs_c, d_info, fronts_e, dirs)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from harness.claims import ClaimsError, Paired, curve_at, run_claims
+from harness.claims import ClaimsError, Paired, curve_at, run_claims, training_minutes
 from tests.rl.conftest import tiny_csv, tiny_rl_config  # noqa: F401  (fixtures)
 
 
@@ -41,6 +41,7 @@ def test_the_program_writes_a_verdict_for_every_claim(program):
     assert (df[df.claim.isin(["a", "c"])].seeds == 3).all() and (ok.n == 4).all()
     report = (res / "report.md").read_text()
     assert report.index("Verdict rule") < report.index("## Verdicts")     # the rule comes before the numbers
+    assert "the training steps recorded in the runs' metrics took" in report
     for png in ("a_anchor_curves.png", "b_slerp_vs_lerp.png", "c_front_vs_reinforce.png", "d_reward_vs_M.png",
                 "e_iterations.png", "g_extrapolation.png"):
         assert (res / png).stat().st_size > 10_000
@@ -68,3 +69,15 @@ def test_paired_refuses_mismatched_prompts_and_interpolates_curves():
     kl, rw = np.array([[0.0, 1.0, 2.0]]), np.array([[0.0, 0.5, 0.7]])
     assert curve_at(kl, rw, 1.5)[0] == pytest.approx(0.6)
     assert curve_at(np.array([[2.0, 0.0, 1.0]]), np.array([[0.7, 0.0, 0.5]]), 0.5)[0] == pytest.approx(0.25)
+
+
+def test_training_minutes_sums_the_recorded_step_phases(tmp_path):
+    import json
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "metrics.jsonl").write_text(
+        json.dumps({"step": 1, "time_generate": 30.0, "time_ema": 6.0, "reward": 0.5}) + "\n"
+        + json.dumps({"step": 2, "time_generate": 24.0, "kl_sft": None}) + "\n")
+    (tmp_path / "b" / "metrics.jsonl").write_text(json.dumps({"time_push": 60.0}) + "\n")
+    assert training_minutes([tmp_path / "a", tmp_path / "b", tmp_path / "missing"]) == pytest.approx(2.0)
