@@ -735,14 +735,10 @@ def plot_all(P: Paired, cc: ClaimsConfig, out: Path, steps: list[int], rsteps: l
 
 def training_minutes(run_dirs) -> float:
     """Minutes of REINFORCE steps recorded in the run directories' metrics.jsonl (the `time_*` phases)."""
-    total = 0.0
-    for d in run_dirs:
-        path = Path(d) / "metrics.jsonl"
-        if path.is_file():
-            for line in path.read_text().splitlines():
-                if line.strip():
-                    total += sum(v for k, v in json.loads(line).items() if k.startswith("time_") and isinstance(v, (int, float)))
-    return total / 60
+    from merge.io import read_jsonl
+
+    rows = [r for d in run_dirs for r in read_jsonl(Path(d) / "metrics.jsonl", torn_tail_ok=True)]
+    return sum(v for r in rows for k, v in r.items() if k.startswith("time_") and isinstance(v, (int, float))) / 60
 
 
 def run_claims(config: str | Path, out: str | Path, results: str | Path | None, stage: str = "all",
